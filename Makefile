@@ -1,0 +1,86 @@
+# cosyvoice-sidecar: every entry point a developer or CI needs.
+#
+#   make run    set up, start the sidecar on the embedded emulator, synthesize a sample
+#   make test   set up everything (Python, Go, Java, grpcurl, buf) and run every check
+#
+# Everything installs into the work tree (.venv, .tools), nothing system-wide.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+TOOLS := $(CURDIR)/.tools/bin
+export PATH := $(TOOLS):$(BIN):$(PATH)
+export GOBIN := $(TOOLS)
+export GOFLAGS := -mod=mod
+
+# Pinned code generators and CLI tools, installed with `go install`.
+PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+GRPCURL := github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4
+BUF := github.com/bufbuild/buf/cmd/buf@v1.75.0
+
+.PHONY: run test venv tools proto proto-check lint typecheck test-python test-go test-java bench clean
+
+run: venv
+	./scripts/run-demo.sh
+
+test: venv tools
+	$(MAKE) --no-print-directory lint typecheck proto-check test-python test-go test-java
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# Go-based tools; without Go they cannot be installed, which is an error in CI.
+tools: $(TOOLS)/.installed
+
+$(TOOLS)/.installed: Makefile
+	@if ! command -v go >/dev/null; then \
+	  if [ -n "$${CI:-}" ]; then echo "error: go is required in CI" >&2; exit 1; fi; \
+	  echo "warning: go not found; Go-based tools (grpcurl, buf) not installed" >&2; exit 0; \
+	fi
+	mkdir -p $(TOOLS)
+	go install $(PROTOC_GEN_GO)
+	go install $(PROTOC_GEN_GO_GRPC)
+	go install $(GRPCURL)
+	go install $(BUF)
+	touch $@
+
+# Regenerate every language's checked-in code from protos/ (Java generates at build time).
+proto: venv tools
+	./scripts/gen-protos.sh
+
+# CI: the checked-in generated code must match the proto, and the proto must lint.
+proto-check: venv tools
+	./scripts/gen-protos.sh --check
+	cd protos && buf lint
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+test-python: venv
+	$(BIN)/pytest
+
+test-go: venv
+	./scripts/require.sh go
+	cd clients/go && COSYVOICE_SIDECAR_BIN=$(BIN)/cosyvoice-sidecar go test -count=1 ./...
+
+test-java: venv
+	./scripts/require.sh mvn
+	cd clients/java && COSYVOICE_SIDECAR_BIN=$(BIN)/cosyvoice-sidecar mvn -B -q test
+
+bench: venv
+	$(BIN)/cosyvoice-sidecar bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,250 @@
+"""The sidecar's configuration: one frozen, validated object.
+
+Flags and environment variables are read here and nowhere else. Every option
+has a flag and a ``COSYVOICE_SIDECAR_*`` variable (the flag wins); the API key
+comes only from ``DASHSCOPE_API_KEY`` or the file named by
+``DASHSCOPE_API_KEY_FILE``, never from a flag, so it stays out of ``ps`` and
+shell history. The key never appears in ``repr``, logs or errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = [
+    "FORMATS",
+    "OPTIONS",
+    "REGIONS",
+    "SAMPLE_RATES",
+    "ApiKey",
+    "Config",
+    "ConfigError",
+    "Option",
+    "add_serve_arguments",
+    "config_from_args",
+]
+
+REGIONS: Final = {
+    "beijing": "wss://dashscope.aliyuncs.com/api-ws/v1/inference",
+    "singapore": "wss://dashscope-intl.aliyuncs.com/api-ws/v1/inference",
+}
+FORMATS: Final = ("pcm", "wav", "mp3", "opus")
+SAMPLE_RATES: Final = (8000, 16000, 22050, 24000, 44100, 48000)
+API_KEY_ENV: Final = "DASHSCOPE_API_KEY"
+API_KEY_FILE_ENV: Final = "DASHSCOPE_API_KEY_FILE"
+
+
+class ConfigError(ValueError):
+    """Raised when the configuration is invalid; the message says what to change."""
+
+
+class ApiKey:
+    """A DashScope API key that never shows itself in ``repr`` or ``str``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """Return the key, for the Authorization header and nothing else."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "ApiKey('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ApiKey) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything ``cosyvoice-sidecar serve`` needs; build it with :func:`config_from_args`."""
+
+    listen: str = "127.0.0.1:50051"
+    upstream_url: str = REGIONS["beijing"]
+    api_key: ApiKey | None = field(default=None)
+    emulator: bool = False
+    pool_min_idle: int = 2
+    pool_max_size: int = 32
+    acquire_timeout_s: float = 5.0
+    connect_timeout_s: float = 5.0
+    start_timeout_s: float = 10.0
+    finish_timeout_s: float = 60.0
+    cancel_timeout_s: float = 2.0
+    default_model: str = "cosyvoice-v3-flash"
+    default_voice: str = "longanyang"
+    default_format: str = "pcm"
+    default_sample_rate: int = 22050
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.pool_max_size < 1:
+            raise ConfigError('"pool_max_size" must be >= 1')
+        if not 0 <= self.pool_min_idle <= self.pool_max_size:
+            raise ConfigError('"pool_min_idle" must be between 0 and "pool_max_size"')
+        for name in (
+            "acquire_timeout_s",
+            "connect_timeout_s",
+            "start_timeout_s",
+            "finish_timeout_s",
+            "cancel_timeout_s",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f'"{name}" must be > 0')
+        if self.default_format not in FORMATS:
+            raise ConfigError(f'"default_format" must be one of {", ".join(FORMATS)}')
+        if self.default_sample_rate not in SAMPLE_RATES:
+            rates = ", ".join(map(str, SAMPLE_RATES))
+            raise ConfigError(f'"default_sample_rate" must be one of {rates}')
+        if not self.upstream_url.startswith(("ws://", "wss://")):
+            raise ConfigError('"upstream_url" must start with ws:// or wss://')
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError('"log_level" must be debug, info, warning or error')
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configurable setting: its flag, environment variable, type and help."""
+
+    name: str  # the Config field
+    help: str
+    parse: Callable[[str], Any] = str
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def flag(self) -> str:
+        return _flag(self.name)
+
+    @property
+    def env(self) -> str:
+        return "COSYVOICE_SIDECAR_" + self.name.upper()
+
+
+def _flag(name: str) -> str:
+    return "--" + name.removesuffix("_s").replace("_", "-")
+
+
+# The table behind --help and the README's configuration table.
+OPTIONS: Final = (
+    Option("listen", "address to serve gRPC on (host:port); loopback unless told otherwise"),
+    Option(
+        "upstream_url",
+        "DashScope WebSocket URL; overrides --region (the emulator is just another URL)",
+    ),
+    Option("pool_min_idle", "warm upstream connections kept open and idle", int),
+    Option("pool_max_size", "hard cap on upstream connections (your DashScope quota)", int),
+    Option("acquire_timeout_s", "seconds a call waits for a free connection", float),
+    Option("connect_timeout_s", "seconds allowed for one upstream connect + handshake", float),
+    Option("start_timeout_s", "seconds to wait for task-started after run-task", float),
+    Option("finish_timeout_s", "seconds to wait for task-finished after the last text", float),
+    Option("cancel_timeout_s", "seconds to wait for task-finished after a cancel", float),
+    Option("default_model", "model used when a request names none"),
+    Option("default_voice", "voice used when a request names none"),
+    Option("default_format", "audio format used when a request names none", choices=FORMATS),
+    Option("default_sample_rate", "sample rate (Hz) used when a request names none", int),
+    Option("log_level", "log level", choices=("debug", "info", "warning", "error")),
+)
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare every ``serve`` flag; defaults are shown, environment values apply later."""
+    defaults = Config()
+    parser.add_argument(
+        "--region",
+        choices=sorted(REGIONS),
+        help="DashScope region of the default upstream URL (env COSYVOICE_SIDECAR_REGION; "
+        "default beijing)",
+    )
+    parser.add_argument(
+        "--emulator",
+        action="store_true",
+        default=None,
+        help="start the embedded DashScope emulator and use it as upstream "
+        "(env COSYVOICE_SIDECAR_EMULATOR=1); for development and tests only",
+    )
+    for option in OPTIONS:
+        default = getattr(defaults, option.name)
+        parser.add_argument(
+            _flag(option.name),
+            dest=option.name,
+            type=option.parse,
+            choices=option.choices,
+            default=None,
+            help=f"{option.help} (env {option.env}; default {default})",
+        )
+
+
+def config_from_args(
+    args: argparse.Namespace,
+    env: Mapping[str, str] | None = None,
+    *,
+    upstream_override: str | None = None,
+) -> Config:
+    """Build the :class:`Config` from parsed flags and the environment.
+
+    ``upstream_override`` replaces the upstream URL (used for the embedded
+    emulator, whose URL is only known once it listens). Raises
+    :class:`ConfigError` with a message naming the setting at fault.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        value = getattr(args, option.name, None)
+        if value is None and option.env in env:
+            raw = env[option.env]
+            try:
+                value = option.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{option.env}={raw!r} is not a valid {option.name}") from exc
+            if option.choices and value not in option.choices:
+                raise ConfigError(f"{option.env} must be one of {', '.join(option.choices)}")
+        if value is not None:
+            values[option.name] = value
+
+    emulator = args.emulator if args.emulator is not None else _env_flag(env, "EMULATOR")
+    values["emulator"] = emulator
+    if "upstream_url" not in values:
+        region = args.region or env.get("COSYVOICE_SIDECAR_REGION", "beijing")
+        if region not in REGIONS:
+            raise ConfigError(f"region must be one of {', '.join(sorted(REGIONS))}")
+        values["upstream_url"] = REGIONS[region]
+    if upstream_override is not None:
+        values["upstream_url"] = upstream_override
+    values["api_key"] = _read_api_key(env)
+    if values["api_key"] is None and not emulator:
+        raise ConfigError(
+            f"no DashScope API key: set {API_KEY_ENV}, or {API_KEY_FILE_ENV} to a file "
+            "holding it (or pass --emulator to try the sidecar without one)"
+        )
+    known = {f.name for f in fields(Config)}
+    return Config(**{k: v for k, v in values.items() if k in known})
+
+
+def _env_flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get("COSYVOICE_SIDECAR_" + name, "").lower() in ("1", "true", "yes", "on")
+
+
+def _read_api_key(env: Mapping[str, str]) -> ApiKey | None:
+    """Return the key from the key file (preferred, it can rotate) or the variable."""
+    path = env.get(API_KEY_FILE_ENV)
+    if path:
+        try:
+            value = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{API_KEY_FILE_ENV}: cannot read {path}: {exc.strerror}") from exc
+        if not value:
+            raise ConfigError(f"{API_KEY_FILE_ENV}: {path} is empty")
+        return ApiKey(value)
+    value = env.get(API_KEY_ENV, "").strip()
+    return ApiKey(value) if value else None
