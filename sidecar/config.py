@@ -82,6 +82,7 @@ class Config:
     start_timeout_s: float = 10.0
     finish_timeout_s: float = 60.0
     cancel_timeout_s: float = 2.0
+    drain_grace_s: float = 10.0
     default_model: str = "cosyvoice-v3-flash"
     default_voice: str = "longanyang"
     default_format: str = "pcm"
@@ -99,6 +100,7 @@ class Config:
             "start_timeout_s",
             "finish_timeout_s",
             "cancel_timeout_s",
+            "drain_grace_s",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f'"{name}" must be > 0')
@@ -149,6 +151,12 @@ OPTIONS: Final = (
     Option("start_timeout_s", "seconds to wait for task-started after run-task", float),
     Option("finish_timeout_s", "seconds to wait for task-finished after the last text", float),
     Option("cancel_timeout_s", "seconds to wait for task-finished after a cancel", float),
+    Option(
+        "drain_grace_s",
+        "seconds running calls get to finish on SIGTERM (keep below the pod's "
+        "terminationGracePeriodSeconds)",
+        float,
+    ),
     Option("default_model", "model used when a request names none"),
     Option("default_voice", "voice used when a request names none"),
     Option("default_format", "audio format used when a request names none", choices=FORMATS),
@@ -188,13 +196,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(
     args: argparse.Namespace,
     env: Mapping[str, str] | None = None,
-    *,
-    upstream_override: str | None = None,
 ) -> Config:
     """Build the :class:`Config` from parsed flags and the environment.
 
-    ``upstream_override`` replaces the upstream URL (used for the embedded
-    emulator, whose URL is only known once it listens). Raises
+    Raises
     :class:`ConfigError` with a message naming the setting at fault.
     """
     env = os.environ if env is None else env
@@ -219,8 +224,6 @@ def config_from_args(
         if region not in REGIONS:
             raise ConfigError(f"region must be one of {', '.join(sorted(REGIONS))}")
         values["upstream_url"] = REGIONS[region]
-    if upstream_override is not None:
-        values["upstream_url"] = upstream_override
     values["api_key"] = _read_api_key(env)
     if values["api_key"] is None and not emulator:
         raise ConfigError(

@@ -369,6 +369,8 @@ class TaskFailed:
 
 
 ServerEvent = TaskStarted | AudioReceived | SentenceEvent | TaskFinished | TaskFailed
+# The events that arrive in text frames (every one names its task).
+_TextEvent = TaskStarted | SentenceEvent | TaskFinished | TaskFailed
 
 
 def _server_header(task_id: str, event: str, **extra: str) -> dict[str, Any]:
@@ -424,7 +426,7 @@ def _word_json(word: Word) -> dict[str, Any]:
     }
 
 
-def _parse_server_frame(frame: str) -> ServerEvent:
+def _parse_server_frame(frame: str) -> _TextEvent:
     try:
         message = json.loads(frame)
         header = message["header"]
@@ -572,9 +574,8 @@ class ClientTask:
                 self._violate(f"task-finished in state {self.state.value}")
             self.state = TaskState.FINISHED
             self.billed_characters = event.characters
-        elif isinstance(event, SentenceEvent):
-            if event.characters is not None:
-                self.billed_characters = event.characters
+        elif isinstance(event, SentenceEvent) and event.characters is not None:
+            self.billed_characters = event.characters
         return event
 
     def receive_bytes(self, frame: bytes) -> AudioReceived:

@@ -1,0 +1,201 @@
+"""The ``cosyvoice-sidecar`` command: serve, emulate, say.
+
+``main(argv=None)`` returns the exit code, so tests call it directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import re
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from sidecar import __version__
+from sidecar.config import ApiKey, ConfigError, add_serve_arguments, config_from_args
+
+__all__ = ["main"]
+
+log = logging.getLogger("sidecar")
+
+# Key for the embedded emulator, which accepts any key; never a real one.
+_EMULATOR_KEY = "sk-emulator-local"
+_DEMO_TEXT = (
+    "Hello from cosyvoice-sidecar. Every call borrows a warm connection, "
+    "so the first audio arrives without a new handshake."
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the process exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    handler = {"serve": _serve, "emulate": _emulate, "say": _say}[args.command]
+    try:
+        return asyncio.run(handler(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cosyvoice-sidecar",
+        description="Streaming DashScope CosyVoice speech over gRPC from a pool of warm "
+        "WebSocket connections.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the gRPC sidecar",
+        description="Run the gRPC sidecar. The API key comes from DASHSCOPE_API_KEY or the "
+        "file named by DASHSCOPE_API_KEY_FILE (never from a flag). When ready it prints "
+        "'serving on HOST:PORT' on stdout.",
+    )
+    add_serve_arguments(serve)
+
+    emulate = commands.add_parser(
+        "emulate",
+        help="run the DashScope emulator alone",
+        description="Run the local DashScope CosyVoice emulator (for development and tests); "
+        "prints 'emulator on URL' on stdout.",
+    )
+    from sidecar.emulator import cli as emulator_cli
+
+    emulator_cli.add_arguments(emulate)
+
+    say = commands.add_parser(
+        "say",
+        help="synthesize text through a running sidecar into an audio file",
+        description="Stream text (arguments, or stdin) to a running sidecar in fragments and "
+        "write the audio to a file (a playable WAV for pcm).",
+    )
+    say.add_argument("text", nargs="*", help="text to speak (default: read stdin)")
+    say.add_argument("--addr", default="127.0.0.1:50051", help="sidecar address (host:port)")
+    say.add_argument("-o", "--output", default="out/say.wav", help="audio file to write")
+    say.add_argument("--voice", default="", help="voice (default: the sidecar's)")
+    say.add_argument("--model", default="", help="model (default: the sidecar's)")
+    say.add_argument(
+        "--format", choices=("pcm", "wav", "mp3", "opus"), help="audio format (default pcm)"
+    )
+    say.add_argument("--sample-rate", type=int, default=0, help="Hz (default: the sidecar's)")
+    say.add_argument("--timeout", type=float, default=60.0, help="call deadline in seconds")
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from sidecar.server import SidecarServer
+
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"cosyvoice-sidecar serve: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(config.log_level)
+    async with contextlib.AsyncExitStack() as stack:
+        if config.emulator:
+            from sidecar.emulator import Emulator
+
+            emulator = Emulator()
+            await emulator.start()
+            stack.push_async_callback(emulator.aclose)
+            config = dataclasses.replace(
+                config, upstream_url=emulator.url, api_key=config.api_key or ApiKey(_EMULATOR_KEY)
+            )
+            log.warning(
+                "USING THE EMBEDDED DASHSCOPE EMULATOR at %s: no real speech is produced",
+                emulator.url,
+            )
+            print(f"emulator on {emulator.url}", flush=True)
+        server = SidecarServer(config)
+        stop = _stop_event()
+        address = await server.start()
+        stack.push_async_callback(server.stop, config.drain_grace_s)
+        waiter = asyncio.ensure_future(stop.wait())
+        ready = asyncio.ensure_future(server.wait_ready(timeout=float("inf")))
+        await asyncio.wait({waiter, ready}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if not stop.is_set():
+            print(f"serving on {address}", flush=True)
+            await waiter
+        log.info("signal received: shutting down (grace %.1fs)", config.drain_grace_s)
+    return 0
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _emulate(args: argparse.Namespace) -> int:
+    from sidecar.emulator import cli as emulator_cli
+
+    _configure_logging("info")
+    return await emulator_cli.run(args)
+
+
+async def _say(args: argparse.Namespace) -> int:
+    import grpc
+    from cosyvoice.sidecar.v1 import synthesizer_pb2 as pb
+    from cosyvoice_sidecar_client import AsyncSynthesizerClient
+
+    text = " ".join(args.text) if args.text else sys.stdin.read()
+    if not text.strip():
+        text = _DEMO_TEXT
+    formats = {"pcm": 1, "wav": 2, "mp3": 3, "opus": 4}
+    config = pb.SynthesisConfig(
+        model=args.model,
+        voice=args.voice,
+        format=formats.get(args.format or "", 0),  # type: ignore[arg-type]
+        sample_rate_hz=args.sample_rate,
+    )
+    started = time.monotonic()
+    try:
+        async with AsyncSynthesizerClient(args.addr) as client:
+            result = await client.stream_texts(_fragments(text), config, timeout=args.timeout)
+    except grpc.aio.AioRpcError as exc:
+        print(f"cosyvoice-sidecar say: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(result.wav())
+    seconds = result.completed.audio_duration_ms / 1000
+    print(
+        f"wrote {output} ({len(result.audio)} audio bytes, {seconds:.2f} s of audio); "
+        f"first audio after {result.completed.first_audio_ms:.0f} ms, "
+        f"total {1000 * (time.monotonic() - started):.0f} ms, "
+        f"task {result.started.task_id}, warm connection: {result.started.warm_connection}"
+    )
+    return 0
+
+
+def _fragments(text: str) -> list[str]:
+    """Cut text into a few word-sized fragments, as an LLM token stream would arrive."""
+    words = re.findall(r"\S+\s*", text)
+    size = max(1, len(words) // 4)
+    return ["".join(words[i : i + size]) for i in range(0, len(words), size)] or [text]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

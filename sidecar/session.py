@@ -1,0 +1,287 @@
+"""One synthesis: the bridge between a caller's commands and one upstream task.
+
+A :class:`Session` borrows a connection, starts the task, and then runs two
+pumps until the task ends:
+
+* the *feeder* reads the caller's commands (text, flush, finish) and sends
+  them upstream, splitting long text at DashScope's per-message limit;
+* the *reader* turns upstream events into responses.
+
+Both write into one small bounded outbox that the gRPC layer drains. When the
+caller reads slowly the outbox fills, the reader stops reading the socket,
+websockets stops reading TCP after a few frames, and the upstream is pushed
+back: memory per stream stays bounded (outbox + websockets' frame queue).
+
+Whatever way the session ends (completion, error, the caller hanging up), the
+cleanup runs shielded from cancellation: an unfinished task is cancelled
+upstream, and the connection goes back to the pool, which keeps it only if
+the task reached ``task-finished``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Final
+
+from cosyvoice.sidecar.v1 import synthesizer_pb2 as pb
+
+from sidecar import protocol
+from sidecar.config import Config
+from sidecar.errors import InvalidRequest
+from sidecar.params import TaskParams
+from sidecar.pool import Borrowed, Pool
+from sidecar.upstream import UpstreamTask
+
+__all__ = ["Command", "Finish", "Flush", "Session", "Text"]
+
+log = logging.getLogger(__name__)
+
+# Responses buffered between the upstream reader and the gRPC writer.
+_OUTBOX_SIZE: Final = 4
+
+
+@dataclass(frozen=True)
+class Text:
+    """A caller's text fragment."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Flush:
+    """The caller asks for the buffered text to be synthesized now."""
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The caller has no more text."""
+
+
+Command = Text | Flush | Finish
+
+
+class _Done:
+    """Outbox sentinel: the task finished, every response has been queued."""
+
+
+class Session:
+    """One call's synthesis on one borrowed connection."""
+
+    def __init__(self, pool: Pool, config: Config, params: TaskParams, *, request_id: str) -> None:
+        self._pool = pool
+        self._config = config
+        self._params = params
+        self.request_id = request_id
+        self._started_at = time.monotonic()
+        self._outbox: asyncio.Queue[pb.SynthesizeResponse | _Done | BaseException] = asyncio.Queue(
+            _OUTBOX_SIZE
+        )
+        self._borrowed: Borrowed | None = None
+        self._task: UpstreamTask | None = None
+        self._pumps: list[asyncio.Task[None]] = []
+        self._chunks = 0
+        self._audio_bytes = 0
+        self._first_audio_ms = 0.0
+        self._sentence_text: dict[int, str] = {}
+        self._texts_sent = 0
+
+    @property
+    def task_id(self) -> str | None:
+        return self._task.task_id if self._task else None
+
+    async def run(
+        self, commands: AsyncIterator[Command], *, acquire_timeout: float | None
+    ) -> AsyncIterator[pb.SynthesizeResponse]:
+        """Yield every response of the call, ``started`` first and ``completed`` last.
+
+        Raises :mod:`sidecar.errors` exceptions; the servicer maps them to
+        statuses.
+        """
+        try:
+            self._borrowed = await self._pool.acquire(acquire_timeout)
+            self._task = await self._borrowed.connection.start_task(
+                self._params.model,
+                self._params.parameters,
+                start_timeout=self._config.start_timeout_s,
+            )
+            log.info(
+                "request %s: task %s on %r",
+                self.request_id,
+                self._task.task_id,
+                self._borrowed.connection,
+            )
+            yield self._started()
+            self._pumps = [
+                asyncio.create_task(self._feed(commands), name=f"feed-{self.request_id}"),
+                asyncio.create_task(self._read(), name=f"read-{self.request_id}"),
+            ]
+            while True:
+                item = await self._outbox.get()
+                if isinstance(item, _Done):
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+            yield self._completed()
+        finally:
+            cleanup = asyncio.ensure_future(self._cleanup())
+            await asyncio.shield(cleanup)
+
+    # ------------------------------------------------------------------ pumps
+
+    async def _feed(self, commands: AsyncIterator[Command]) -> None:
+        assert self._task is not None
+        task = self._task
+        try:
+            async for command in commands:
+                if isinstance(command, Text):
+                    await self._send_text(task, command.text)
+                elif isinstance(command, Flush):
+                    await task.flush()
+                    await self._outbox.put(
+                        pb.SynthesizeResponse(
+                            flushed=pb.FlushAcknowledged(audio_chunks_before=self._chunks)
+                        )
+                    )
+                else:
+                    break
+            # Finish, or the caller half-closed: both mean no more text.
+            if task.state is protocol.TaskState.STREAMING:
+                if self._texts_sent == 0:
+                    raise InvalidRequest("text", "the stream carried no text")
+                await task.finish()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - handed to the writer, which raises it
+            await self._outbox.put(exc)
+
+    async def _send_text(self, task: UpstreamTask, text: str) -> None:
+        if not text:
+            raise InvalidRequest("text", "must not be empty")
+        count = protocol.count_characters(text, ssml=self._params.ssml)
+        total = task.protocol.characters_sent + count
+        if total > protocol.MAX_CHARS_PER_TASK:
+            raise InvalidRequest(
+                "text",
+                f"the stream would carry {total} characters, over DashScope's "
+                f"{protocol.MAX_CHARS_PER_TASK:,}-character task limit (CJK ideographs count 2)",
+            )
+        if self._params.ssml:
+            # DashScope accepts exactly one continue-task with SSML (§5), so SSML
+            # text cannot be split or sent in several fragments.
+            if self._texts_sent:
+                raise InvalidRequest("text", "SSML allows exactly one text fragment per stream")
+            if count > protocol.MAX_CHARS_PER_MESSAGE:
+                raise InvalidRequest(
+                    "text",
+                    f"SSML text of {count} characters is over the "
+                    f"{protocol.MAX_CHARS_PER_MESSAGE:,}-character message limit",
+                )
+            pieces = [text]
+        else:
+            pieces = protocol.split_text(text, protocol.MAX_CHARS_PER_MESSAGE)
+        for piece in pieces:
+            await task.send_text(piece)
+        self._texts_sent += 1
+
+    async def _read(self) -> None:
+        assert self._task is not None
+        try:
+            async for event in self._task.events():
+                response = self._response_for(event)
+                if response is not None:
+                    await self._outbox.put(response)
+            await self._outbox.put(_Done())
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - handed to the writer, which raises it
+            await self._outbox.put(exc)
+
+    def _response_for(
+        self, event: protocol.AudioReceived | protocol.SentenceEvent
+    ) -> pb.SynthesizeResponse | None:
+        if isinstance(event, protocol.AudioReceived):
+            if self._task is not None and self._task.state is protocol.TaskState.CANCELLING:
+                return None
+            if self._chunks == 0:
+                self._first_audio_ms = (time.monotonic() - self._started_at) * 1000
+            chunk = pb.AudioChunk(
+                data=event.data,
+                sequence=self._chunks,
+                duration_ms=self._params.audio_ms(len(event.data)),
+            )
+            self._chunks += 1
+            self._audio_bytes += len(event.data)
+            return pb.SynthesizeResponse(audio=chunk)
+        if event.kind == "sentence-begin":
+            self._sentence_text[event.index] = event.original_text
+            return None
+        if event.kind == "sentence-end":
+            text = event.original_text or self._sentence_text.pop(event.index, "")
+            words = [
+                pb.WordTiming(
+                    text=w.text,
+                    begin_index=w.begin_index,
+                    end_index=w.end_index,
+                    begin_ms=w.begin_time,
+                    end_ms=w.end_time,
+                )
+                for w in event.words
+            ]
+            return pb.SynthesizeResponse(
+                sentence=pb.SentenceTiming(index=event.index, text=text, words=words)
+            )
+        return None
+
+    # -------------------------------------------------------------- messages
+
+    def _started(self) -> pb.SynthesizeResponse:
+        assert self._borrowed is not None
+        assert self._task is not None
+        return pb.SynthesizeResponse(
+            started=pb.Started(
+                request_id=self.request_id,
+                task_id=self._task.task_id,
+                format=self._params.format_enum,  # type: ignore[arg-type]
+                sample_rate_hz=self._params.sample_rate,
+                model=self._params.model,
+                voice=self._params.voice,
+                warm_connection=self._borrowed.warm,
+                pool_wait_ms=self._borrowed.wait_ms,
+            )
+        )
+
+    def _completed(self) -> pb.SynthesizeResponse:
+        assert self._task is not None
+        return pb.SynthesizeResponse(
+            completed=pb.Completed(
+                billed_characters=self._task.protocol.billed_characters or 0,
+                first_audio_ms=self._first_audio_ms,
+                audio_duration_ms=self._params.audio_ms(self._audio_bytes),
+                audio_bytes=self._audio_bytes,
+                audio_chunks=self._chunks,
+            )
+        )
+
+    # --------------------------------------------------------------- cleanup
+
+    async def _cleanup(self) -> None:
+        for pump in self._pumps:
+            pump.cancel()
+        if self._pumps:
+            await asyncio.gather(*self._pumps, return_exceptions=True)
+        if self._borrowed is None:
+            return
+        if self._task is not None and not self._task.state.is_over:
+            reused = await self._task.cancel(self._config.cancel_timeout_s)
+            log.info(
+                "request %s: task %s cancelled upstream (connection %s)",
+                self.request_id,
+                self._task.task_id,
+                "kept" if reused else "closed",
+            )
+        self._pool.release(self._borrowed.connection)

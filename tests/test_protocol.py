@@ -1,0 +1,206 @@
+"""The sans-I/O protocol core, driven synchronously (no sockets, no event loop)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sidecar import protocol
+from sidecar.protocol import ClientTask, TaskState
+
+
+def _task() -> ClientTask:
+    return ClientTask("t1", "cosyvoice-v3-flash", {"voice": "longanyang", "format": "pcm"})
+
+
+def _state(task: ClientTask) -> TaskState:
+    """Read the state through a call, so mypy does not narrow it across actions."""
+    return task.state
+
+
+def _started(task: ClientTask) -> None:
+    task.start()
+    task.receive_text(protocol.task_started_event(task.task_id))
+
+
+def test_run_task_frame_matches_the_documented_shape() -> None:
+    """run-task carries the duplex header, the audio/tts/SpeechSynthesizer payload and input {}."""
+    frame = json.loads(_task().start())
+    assert frame["header"] == {"action": "run-task", "task_id": "t1", "streaming": "duplex"}
+    payload = frame["payload"]
+    assert payload["task_group"] == "audio"
+    assert payload["task"] == "tts"
+    assert payload["function"] == "SpeechSynthesizer"
+    assert payload["model"] == "cosyvoice-v3-flash"
+    assert payload["input"] == {}
+    assert payload["parameters"]["voice"] == "longanyang"
+
+
+def test_full_task_life_cycle() -> None:
+    """started → text → flush → finish → audio → sentence-end → finished."""
+    task = _task()
+    _started(task)
+    text = json.loads(task.send_text("你好, world."))
+    assert text["payload"]["input"] == {"text": "你好, world."}
+    assert json.loads(task.flush())["payload"]["input"] == {"flush": True}
+    finish = json.loads(task.finish())
+    assert finish["header"]["action"] == "finish-task"
+    assert finish["payload"]["input"] == {}
+    assert _state(task) is TaskState.FINISHING
+    audio = task.receive_bytes(b"\x01\x02")
+    assert audio == protocol.AudioReceived(b"\x01\x02")
+    event = task.receive_text(
+        protocol.result_generated_event("t1", "sentence-end", 0, original_text="x", characters=14)
+    )
+    assert isinstance(event, protocol.SentenceEvent)
+    assert event.kind == "sentence-end"
+    assert task.billed_characters == 14
+    done = task.receive_text(protocol.task_finished_event("t1", 14))
+    assert isinstance(done, protocol.TaskFinished)
+    assert _state(task) is TaskState.FINISHED
+    assert task.characters_sent == 12  # two ideographs count 2 each, 8 other characters
+
+
+def test_task_failed_carries_code_and_message_from_the_header() -> None:
+    """task-failed moves the task to FAILED and keeps error_code/error_message."""
+    task = _task()
+    task.start()
+    event = task.receive_text(
+        protocol.task_failed_event("t1", "InvalidParameter", "[tts:]Engine return error code: 418")
+    )
+    assert event == protocol.TaskFailed(
+        "t1", "InvalidParameter", "[tts:]Engine return error code: 418"
+    )
+    assert task.state is TaskState.FAILED
+
+
+def test_actions_in_the_wrong_state_raise() -> None:
+    """Sending text before task-started, or twice finishing, is refused."""
+    task = _task()
+    with pytest.raises(protocol.InvalidTaskState):
+        task.send_text("early")
+    task.start()
+    with pytest.raises(protocol.InvalidTaskState):
+        task.start()
+    with pytest.raises(protocol.InvalidTaskState):
+        task.finish()
+    task.receive_text(protocol.task_started_event("t1"))
+    task.finish()
+    with pytest.raises(protocol.InvalidTaskState):
+        task.finish()
+
+
+def test_server_misbehaviour_is_a_protocol_violation() -> None:
+    """Audio before task-started, or an unknown event, condemns the task."""
+    task = _task()
+    task.start()
+    with pytest.raises(protocol.UnexpectedFrame):
+        task.receive_bytes(b"\x00")
+    assert task.state is TaskState.FAILED
+    with pytest.raises(protocol.UnexpectedFrame):
+        _task().receive_text('{"header": {"task_id": "t1", "event": "bogus"}}')
+    with pytest.raises(protocol.UnexpectedFrame):
+        _task().receive_text("not json")
+
+
+def test_events_of_another_task_are_ignored() -> None:
+    """A late event for an earlier task id does not touch this task."""
+    task = _task()
+    task.start()
+    assert task.receive_text(protocol.task_finished_event("old", 3)) is None
+    assert task.state is TaskState.STARTING
+
+
+def test_cancel_directive_and_old_result_shape() -> None:
+    """Cancel sends finish-task with directive=cancel; a typeless result is tolerated."""
+    task = _task()
+    _started(task)
+    cancel = json.loads(task.cancel())
+    assert cancel["payload"]["input"] == {"directive": "cancel"}
+    assert task.state is TaskState.CANCELLING
+    old = json.dumps(
+        {
+            "header": {"task_id": "t1", "event": "result-generated"},
+            "payload": {"output": {"sentence": {"words": []}}, "usage": {"characters": 7}},
+        }
+    )
+    event = task.receive_text(old)
+    assert isinstance(event, protocol.SentenceEvent)
+    assert event.kind == ""
+    assert task.billed_characters == 7
+
+
+@pytest.mark.parametrize(
+    ("text", "ssml", "expected"),
+    [
+        ("hello", False, 5),
+        ("你好", False, 4),
+        ("こんにちは", False, 5),  # kana count 1
+        ("한국어", False, 3),  # hangul counts 1
+        ("𠀀", False, 2),  # CJK extension B
+        ("<speak>你好</speak>", True, 4),
+        ("<speak>你好</speak>", False, 19),
+    ],
+)
+def test_count_characters(text: str, ssml: bool, expected: int) -> None:
+    """CJK ideographs count 2, everything else 1, SSML tags 0 (§4.2)."""
+    assert protocol.count_characters(text, ssml=ssml) == expected
+
+
+def test_split_text_prefers_sentence_then_word_boundaries() -> None:
+    """Pieces fit the limit, join back exactly, and end at sentence ends where possible."""
+    text = "One two three. Four five six seven. Eight nine."
+    pieces = protocol.split_text(text, 20)
+    assert "".join(pieces) == text
+    assert all(protocol.count_characters(p) <= 20 for p in pieces)
+    assert pieces[0] == "One two three. "
+    cjk = "你" * 15
+    pieces = protocol.split_text(cjk, 10)
+    assert pieces == ["你" * 5, "你" * 5, "你" * 5]
+    nospace = "x" * 25
+    assert protocol.split_text(nospace, 10) == ["x" * 10, "x" * 10, "x" * 5]
+
+
+def test_split_text_of_a_50000_character_fragment() -> None:
+    """A 50,000-character fragment becomes three messages under 20,000 each."""
+    sentence = "This sentence has exactly fifty characters in it. "
+    text = sentence * 1000
+    pieces = protocol.split_text(text)
+    assert "".join(pieces) == text
+    assert len(pieces) == 3
+    assert all(p.endswith(". ") for p in pieces[:-1])
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("{", "InvalidPayload"),
+        ('{"header": {"action": "run-task", "task_id": "t"}, "payload": {}}', "InvalidParameter"),
+        (
+            '{"header": {"action": "run-task", "task_id": "t"}, "payload": {"input": {}}}',
+            "InvalidParameter",
+        ),
+        (
+            '{"header": {"action": "jump", "task_id": "t"}, "payload": {"input": {}}}',
+            "InvalidParameter",
+        ),
+    ],
+)
+def test_parse_client_frame_rejects_invalid_messages(frame: str, code: str) -> None:
+    """The server side names the error code it answers with."""
+    with pytest.raises(protocol.ProtocolViolation) as info:
+        protocol.parse_client_frame(frame)
+    assert info.value.code == code
+
+
+def test_client_frames_round_trip_through_the_server_parser() -> None:
+    """What the client encodes, the server side parses back."""
+    task = _task()
+    run = protocol.parse_client_frame(task.start())
+    assert isinstance(run, protocol.RunTask)
+    assert run.parameters["voice"] == "longanyang"
+    task.receive_text(protocol.task_started_event("t1"))
+    assert protocol.parse_client_frame(task.send_text("hi")) == protocol.ContinueTask("t1", "hi")
+    assert protocol.parse_client_frame(task.flush()).is_flush  # type: ignore[union-attr]
+    assert protocol.parse_client_frame(task.cancel()) == protocol.FinishTask("t1", cancel=True)
