@@ -1,0 +1,190 @@
+"""grpcurl against a live sidecar: the exact command lines the README shows.
+
+The commands below are written for a sidecar on its default address; the tests
+substitute the address of a sidecar on an ephemeral port and run them
+unchanged otherwise, so the README may quote them verbatim.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.clients.conftest import RunningSidecar
+from tests.timing import scaled
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+# Quoted verbatim by the README; keep them copy-pasteable.
+GRPCURL_LIST = "grpcurl -plaintext 127.0.0.1:50051 list"
+GRPCURL_DESCRIBE = "grpcurl -plaintext 127.0.0.1:50051 describe cosyvoice.sidecar.v1.Synthesizer"
+GRPCURL_HEALTH = (
+    'grpcurl -plaintext -d \'{"service": "cosyvoice.sidecar.v1.Synthesizer"}\' '
+    "127.0.0.1:50051 grpc.health.v1.Health/Check"
+)
+GRPCURL_SYNTHESIZE = (
+    'grpcurl -plaintext -d \'{"text": "Hello from grpcurl."}\' '
+    "127.0.0.1:50051 cosyvoice.sidecar.v1.Synthesizer/Synthesize"
+)
+GRPCURL_SYNTHESIZE_CONFIG = (
+    'grpcurl -plaintext -d \'{"text": "Hello again.", "config": {"voice": "longanyang", '
+    '"format": "AUDIO_FORMAT_MP3", "sample_rate_hz": 24000}}\' '
+    "127.0.0.1:50051 cosyvoice.sidecar.v1.Synthesizer/Synthesize"
+)
+GRPCURL_INVALID = (
+    'grpcurl -plaintext -d \'{"text": "Too loud.", "config": {"volume": 101}}\' '
+    "127.0.0.1:50051 cosyvoice.sidecar.v1.Synthesizer/Synthesize"
+)
+
+GRPCURL_COMMANDS = [
+    GRPCURL_LIST,
+    GRPCURL_DESCRIBE,
+    GRPCURL_HEALTH,
+    GRPCURL_SYNTHESIZE,
+    GRPCURL_SYNTHESIZE_CONFIG,
+    GRPCURL_INVALID,
+]
+
+_PINNED_GRPCURL = Path(__file__).resolve().parents[2] / ".tools" / "bin" / "grpcurl"
+
+
+@pytest.fixture(scope="module")
+def grpcurl() -> str:
+    """The grpcurl binary: on PATH, else the pinned one in .tools/bin (``make tools``)."""
+    found = shutil.which("grpcurl") or (str(_PINNED_GRPCURL) if _PINNED_GRPCURL.exists() else None)
+    if found is None:
+        reason = "grpcurl is not on PATH nor in .tools/bin; run `make tools`"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI is set: grpcurl tests must run)")
+        pytest.skip(reason)
+    return found
+
+
+def run_grpcurl(
+    grpcurl: str, command: str, sidecar: RunningSidecar
+) -> subprocess.CompletedProcess[str]:
+    """Run one of GRPCURL_COMMANDS against ``sidecar`` (bounded)."""
+    assert command in GRPCURL_COMMANDS
+    argv = shlex.split(command.replace(DEFAULT_ADDRESS, sidecar.address))
+    assert argv[0] == "grpcurl"
+    return subprocess.run(  # noqa: S603 - the pinned grpcurl, no shell
+        [grpcurl, *argv[1:]],
+        capture_output=True,
+        text=True,
+        timeout=scaled(30),
+        check=False,
+    )
+
+
+def json_stream(text: str) -> list[dict[str, Any]]:
+    """Parse grpcurl's output: one JSON object per response, one after the other."""
+    decoder = json.JSONDecoder()
+    messages: list[dict[str, Any]] = []
+    position = 0
+    while True:
+        while position < len(text) and text[position].isspace():
+            position += 1
+        if position == len(text):
+            return messages
+        message, position = decoder.raw_decode(text, position)
+        messages.append(message)
+
+
+def synthesized(
+    grpcurl: str, command: str, sidecar: RunningSidecar
+) -> tuple[list[dict[str, Any]], bytes, dict[str, Any]]:
+    """Run a Synthesize command; return its responses, the audio and the upstream's record."""
+    result = run_grpcurl(grpcurl, command, sidecar)
+    assert result.returncode == 0, result.stderr
+    responses = json_stream(result.stdout)
+    assert len(responses) >= 3, result.stdout
+    assert list(responses[0]) == ["started"]
+    assert list(responses[-1]) == ["completed"]
+    chunks = [r["audio"] for r in responses if "audio" in r]
+    # proto3 JSON leaves out zero values: the first chunk's sequence 0 is absent.
+    assert [int(c.get("sequence", 0)) for c in chunks] == list(range(len(chunks)))
+    audio = b"".join(base64.b64decode(c["data"]) for c in chunks)
+    started = responses[0]["started"]
+    task_id = started.get("taskId") or started["task_id"]
+    record = sidecar.task(task_id, until=lambda t: t["outcome"] != "running")
+    assert record["outcome"] == "finished"
+    assert len(audio) == record["audio_bytes"] > 0
+    assert hashlib.sha256(audio).hexdigest() == record["audio_sha256"]
+    completed = responses[-1]["completed"]
+    assert int(completed.get("audioBytes", completed.get("audio_bytes", 0))) == len(audio)
+    return responses, audio, record
+
+
+def test_list_shows_the_service_health_and_reflection(
+    grpcurl: str, sidecar_process: RunningSidecar
+) -> None:
+    """`grpcurl list` sees the Synthesizer, health and reflection through reflection."""
+    result = run_grpcurl(grpcurl, GRPCURL_LIST, sidecar_process)
+    assert result.returncode == 0, result.stderr
+    services = result.stdout.split()
+    assert "cosyvoice.sidecar.v1.Synthesizer" in services
+    assert "grpc.health.v1.Health" in services
+    assert any(s.startswith("grpc.reflection.") for s in services), services
+
+
+def test_describe_shows_both_rpcs(grpcurl: str, sidecar_process: RunningSidecar) -> None:
+    """`grpcurl describe` prints the Synthesizer's two streaming RPCs."""
+    result = run_grpcurl(grpcurl, GRPCURL_DESCRIBE, sidecar_process)
+    assert result.returncode == 0, result.stderr
+    assert "cosyvoice.sidecar.v1.Synthesizer is a service:" in result.stdout
+    assert (
+        "rpc StreamingSynthesize ( stream .cosyvoice.sidecar.v1.StreamingSynthesizeRequest )"
+        " returns ( stream .cosyvoice.sidecar.v1.SynthesizeResponse );" in result.stdout
+    )
+    assert (
+        "rpc Synthesize ( .cosyvoice.sidecar.v1.SynthesizeRequest )"
+        " returns ( stream .cosyvoice.sidecar.v1.SynthesizeResponse );" in result.stdout
+    )
+
+
+def test_health_check_is_serving(grpcurl: str, sidecar_process: RunningSidecar) -> None:
+    """The health check of the Synthesizer service answers SERVING."""
+    result = run_grpcurl(grpcurl, GRPCURL_HEALTH, sidecar_process)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"status": "SERVING"}
+
+
+def test_synthesize_audio_equals_upstream(grpcurl: str, sidecar_process: RunningSidecar) -> None:
+    """The base64 audio of `grpcurl ... Synthesize` is byte for byte the upstream's."""
+    responses, audio, record = synthesized(grpcurl, GRPCURL_SYNTHESIZE, sidecar_process)
+    started = responses[0]["started"]
+    assert started["format"] == "AUDIO_FORMAT_PCM"
+    assert record["format"] == "pcm"
+    rate = int(started.get("sampleRateHz", 0))
+    assert rate == record["sample_rate"] > 0
+    duration_ms = float(responses[-1]["completed"]["audioDurationMs"])
+    assert abs(duration_ms - len(audio) / 2 / rate * 1000) < 1
+
+
+def test_synthesize_with_config(grpcurl: str, sidecar_process: RunningSidecar) -> None:
+    """A config in the -d JSON reaches the upstream, and the mp3 bytes come back intact."""
+    responses, _, record = synthesized(grpcurl, GRPCURL_SYNTHESIZE_CONFIG, sidecar_process)
+    started = responses[0]["started"]
+    assert started["format"] == "AUDIO_FORMAT_MP3"
+    assert started["voice"] == "longanyang"
+    assert int(started["sampleRateHz"]) == 24000
+    upstream = (record["format"], record["voice"], record["sample_rate"])
+    assert upstream == ("mp3", "longanyang", 24000)
+
+
+def test_invalid_argument_is_shown(grpcurl: str, sidecar_process: RunningSidecar) -> None:
+    """A volume of 101 shows `Code: InvalidArgument` and the field name in grpcurl's output."""
+    result = run_grpcurl(grpcurl, GRPCURL_INVALID, sidecar_process)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "Code: InvalidArgument" in output, output
+    assert "config.volume" in output, output
