@@ -1,6 +1,5 @@
 package dev.cosyvoice.sidecar.client;
 
-import dev.cosyvoice.sidecar.v1.AudioChunk;
 import dev.cosyvoice.sidecar.v1.Completed;
 import dev.cosyvoice.sidecar.v1.SentenceTiming;
 import dev.cosyvoice.sidecar.v1.Started;
@@ -147,10 +146,7 @@ public final class SynthesizerClient implements AutoCloseable {
         SynthesizeResponse response = responses.next();
         switch (response.getResponseCase()) {
           case STARTED -> started = response.getStarted();
-          case AUDIO -> {
-            AudioChunk chunk = response.getAudio();
-            chunk.getData().writeTo(audio);
-          }
+          case AUDIO -> audio.writeBytes(response.getAudio().getData().toByteArray());
           case SENTENCE -> sentences.add(response.getSentence());
           case COMPLETED -> completed = response.getCompleted();
           default -> {
@@ -158,8 +154,6 @@ public final class SynthesizerClient implements AutoCloseable {
           }
         }
       }
-    } catch (java.io.IOException e) {
-      throw new java.io.UncheckedIOException(e); // ByteArrayOutputStream does not throw
     }
     return new SynthesisResult(started, audio.toByteArray(), sentences, completed);
   }
@@ -206,6 +200,11 @@ public final class SynthesizerClient implements AutoCloseable {
       ownedChannel.shutdownNow();
       Thread.currentThread().interrupt();
     }
+  }
+
+  /** The channel calls go through; for tests in this package. */
+  Channel channel() {
+    return channel;
   }
 
   @Override
