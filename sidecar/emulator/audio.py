@@ -1,0 +1,152 @@
+"""Deterministic audio, so a test can check every byte the emulator sends.
+
+A sentence sounds as a triangle tone. Its samples are a pure function of
+(sentence text, sentence index, sample rate, volume, rate, pitch, seed) and
+the ``ms_per_character`` knob, computed with integer arithmetic only, so the
+same inputs give the same bytes on every machine:
+
+- duration = counted characters (§4.2 rule) x ``ms_per_character`` / rate,
+  at least one sample;
+- frequency = 220..879 Hz picked by a SHA-256 of (seed, index, text), times pitch;
+- amplitude = volume / 100 x 16000.
+
+Formats (§8):
+
+- ``pcm``: 16-bit signed little-endian mono at the sample rate;
+- ``wav``: the same samples; the task's first binary frame starts with a
+  44-byte RIFF header whose size fields are ``0xFFFFFFFF`` (streamed);
+- ``mp3`` and ``opus``: **placeholder bytes, not decodable**: one byte per
+  sample (the sample's high byte XOR a per-format mask). No encoder is
+  available to the emulator; the bytes stay deterministic and chunk-independent
+  so byte-exact comparisons still work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import sys
+from array import array
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from sidecar.protocol import count_characters
+
+__all__ = [
+    "FORMATS",
+    "SAMPLE_RATES",
+    "WAV_HEADER_SIZE",
+    "AudioSpec",
+    "encode",
+    "pcm_chunks",
+    "sentence_pcm",
+    "sentence_samples",
+    "task_audio",
+    "wav_header",
+]
+
+FORMATS: Final = frozenset({"pcm", "wav", "mp3", "opus"})
+SAMPLE_RATES: Final = frozenset({8000, 16000, 22050, 24000, 44100, 48000})
+WAV_HEADER_SIZE: Final = 44
+_STREAMED_SIZE: Final = 0xFFFFFFFF
+_MASKS: Final = {"mp3": 0x4D, "opus": 0x4F}
+
+
+@dataclass(frozen=True)
+class AudioSpec:
+    """The audio parameters of one task, resolved (no "Default", no 0 rate)."""
+
+    format: str = "pcm"
+    sample_rate: int = 16000
+    volume: int = 50
+    rate: float = 1.0
+    pitch: float = 1.0
+    seed: int = 0
+
+
+def sentence_samples(text: str, spec: AudioSpec, ms_per_character: float) -> int:
+    """Return how many samples the sentence ``text`` lasts (at least 1)."""
+    duration_ms = count_characters(text) * ms_per_character / spec.rate
+    return max(1, round(duration_ms * spec.sample_rate / 1000))
+
+
+def sentence_pcm(text: str, index: int, spec: AudioSpec, ms_per_character: float) -> bytes:
+    """Return the 16-bit LE mono PCM of sentence number ``index`` (0-based)."""
+    digest = hashlib.sha256(f"{spec.seed}\x00{index}\x00{text}".encode()).digest()
+    frequency = (220 + int.from_bytes(digest[:2], "big") % 660) * spec.pitch
+    period = max(2, round(spec.sample_rate / frequency))
+    amplitude = spec.volume * 16000 // 100
+    one_period = array("h", (_triangle(i, period, amplitude) for i in range(period)))
+    if sys.byteorder != "little":  # pragma: no cover - big-endian hosts only
+        one_period.byteswap()
+    wave = one_period.tobytes()
+    count = sentence_samples(text, spec, ms_per_character)
+    whole, rest = divmod(count, period)
+    return wave * whole + wave[: 2 * rest]
+
+
+def _triangle(i: int, period: int, amplitude: int) -> int:
+    """Sample ``i`` of a triangle wave in [-amplitude, amplitude], integer math only."""
+    q = 4 * amplitude * i // period  # 0 .. 4 * amplitude
+    if q <= amplitude:
+        return q
+    if q <= 3 * amplitude:
+        return 2 * amplitude - q
+    return q - 4 * amplitude
+
+
+def encode(format_: str, pcm: bytes) -> bytes:
+    """Return the bytes of ``pcm`` in ``format_``, without any container header.
+
+    ``pcm`` and ``wav`` are the PCM itself; ``mp3``/``opus`` are the
+    placeholder bytes described in the module docstring.
+    """
+    if format_ in ("pcm", "wav"):
+        return pcm
+    mask = _MASKS[format_]
+    table = bytes(b ^ mask for b in range(256))
+    return pcm[1::2].translate(table)
+
+
+def wav_header(sample_rate: int) -> bytes:
+    """Return the 44-byte header of a streamed 16-bit mono WAV (sizes 0xFFFFFFFF)."""
+    return struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        _STREAMED_SIZE,
+        b"WAVE",
+        b"fmt ",
+        16,  # fmt chunk size
+        1,  # PCM
+        1,  # mono
+        sample_rate,
+        sample_rate * 2,  # byte rate
+        2,  # block align
+        16,  # bits per sample
+        b"data",
+        _STREAMED_SIZE,
+    )
+
+
+def pcm_chunks(pcm: bytes, sample_rate: int, chunk_ms: int) -> Iterator[bytes]:
+    """Cut ``pcm`` into chunks of ``chunk_ms`` (whole samples; the last may be shorter)."""
+    size = 2 * max(1, sample_rate * chunk_ms // 1000)
+    for start in range(0, len(pcm), size):
+        yield pcm[start : start + size]
+
+
+def task_audio(sentences: Sequence[str], spec: AudioSpec, ms_per_character: float) -> bytes:
+    """Return every audio byte the emulator sends for a task with these sentences.
+
+    ``sentences`` are the ``original_text`` values in order (index = position).
+    This is what a client must have received, concatenated, when the task ends
+    with task-finished; chunking does not change it.
+    """
+    body = b"".join(
+        encode(spec.format, sentence_pcm(text, i, spec, ms_per_character))
+        for i, text in enumerate(sentences)
+    )
+    if spec.format == "wav" and body:
+        return wav_header(spec.sample_rate) + body
+    return body
