@@ -11,6 +11,7 @@ import io.grpc.StatusRuntimeException;
 import io.grpc.stub.ClientCallStreamObserver;
 import io.grpc.stub.ClientResponseObserver;
 import io.grpc.stub.StreamObserver;
+import java.util.Locale;
 import java.util.concurrent.CompletableFuture;
 import java.util.function.Consumer;
 
@@ -122,11 +123,13 @@ public final class StreamingSession {
   }
 
   private void send(StreamingSynthesizeRequest request) {
-    if (endedWith != null) {
-      throw new IllegalStateException("the call already ended with " + endedWith);
-    }
     if (state != State.OPEN) {
-      throw new IllegalStateException("the session is " + state.name().toLowerCase());
+      throw new IllegalStateException("the session is " + state.name().toLowerCase(Locale.ROOT));
+    }
+    if (endedWith != null) {
+      String why = endedWith.getDescription() == null ? "" : ": " + endedWith.getDescription();
+      throw new IllegalStateException(
+          "the call already ended with " + endedWith.getCode() + why);
     }
     requests.onNext(request);
   }
