@@ -23,7 +23,7 @@ __all__ = ["Sentence", "SentenceSplitter", "split_sentences", "strip_ssml", "wor
 
 # Ideographic full stop; full-width and ASCII "!?;"; ASCII "."; newline.
 _ENDS: Final = "\u3002\uff01\uff1f\uff1b.!?;\n"
-_SENTENCE: Final = re.compile(f"[^{_ENDS}]*[{_ENDS}]+")
+_ENDS_RUN: Final = re.compile(f"[{_ENDS}]+")
 _SSML_TAG: Final = re.compile(r"<[^<>]*>")
 # A word: one CJK ideograph, or a run of other non-space characters.
 _WORD: Final = re.compile(
@@ -59,7 +59,12 @@ class SentenceSplitter:
 
     def feed(self, text: str) -> list[Sentence]:
         """Add ``text``; return the sentences it completes."""
-        segments, self._tail = split_sentences(self._tail + text)
+        segments, rest = split_sentences(text)  # the tail holds no sentence end
+        if segments:
+            segments[0] = self._tail + segments[0]
+            self._tail = rest
+        else:
+            self._tail += rest
         return self._collect(segments)
 
     def flush(self) -> list[Sentence]:
@@ -88,9 +93,12 @@ def split_sentences(text: str) -> tuple[list[str], str]:
 
     Joining the segments and the tail gives ``text`` back exactly.
     """
-    segments = [m.group() for m in _SENTENCE.finditer(text)]
-    consumed = sum(len(s) for s in segments)
-    return segments, text[consumed:]
+    segments = []
+    start = 0
+    for run in _ENDS_RUN.finditer(text):  # linear: long text without an end is common
+        segments.append(text[start : run.end()])
+        start = run.end()
+    return segments, text[start:]
 
 
 def strip_ssml(text: str) -> str:
