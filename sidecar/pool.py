@@ -64,9 +64,11 @@ class PoolStatus:
 class Pool:
     """Warm DashScope connections, at most ``max_size``, ``min_idle`` kept spare.
 
-    The target number of open connections is ``busy + min_idle`` capped at
-    ``max_size``, so a burst finds warm sockets; connections are opened in
-    parallel in the background whenever the pool is below target.
+    The pool keeps at least ``min_idle`` connections open (more while more are
+    busy), capped at ``max_size``; connections are opened in parallel in the
+    background whenever the pool is below that target, e.g. after a failed
+    task's connection was discarded. A connection on loan counts as coming
+    back, so sequential calls reuse the same warm sockets and open none.
     """
 
     def __init__(
@@ -279,10 +281,10 @@ class Pool:
         return False
 
     def _replenish(self) -> None:
-        """Open connections in the background up to ``busy + min_idle`` (capped)."""
+        """Open connections in the background up to the target (see the class docstring)."""
         if self._closed or self._retry_handle is not None:
             return
-        target = min(len(self._busy) + self.min_idle + self._live_waiters(), self.max_size)
+        target = min(max(self.min_idle, len(self._busy)) + self._live_waiters(), self.max_size)
         for _ in range(target - self._total()):
             self._opening += 1
             task = asyncio.get_running_loop().create_task(self._open_in_background())

@@ -135,9 +135,9 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
             yield Finish()
 
         def prepare() -> Session:
-            if not request.text:
-                raise InvalidRequest("text", "must not be empty")
-            return self._session(request.config, context)
+            session = self._session(request.config, context)
+            session.check_text(request.text)  # before anything goes upstream
+            return session
 
         async for response in self._serve(prepare, commands(), context):
             yield response

@@ -31,7 +31,7 @@ from cosyvoice.sidecar.v1 import synthesizer_pb2 as pb
 
 from sidecar import protocol
 from sidecar.config import Config
-from sidecar.errors import InvalidRequest
+from sidecar.errors import InvalidRequest, UpstreamTimeout
 from sidecar.params import TaskParams
 from sidecar.pool import Borrowed, Pool
 from sidecar.upstream import UpstreamTask
@@ -88,6 +88,7 @@ class Session:
         self._first_audio_ms = 0.0
         self._sentence_text: dict[int, str] = {}
         self._texts_sent = 0
+        self._finish_deadline: float | None = None
 
     @property
     def task_id(self) -> str | None:
@@ -120,7 +121,7 @@ class Session:
                 asyncio.create_task(self._read(), name=f"read-{self.request_id}"),
             ]
             while True:
-                item = await self._outbox.get()
+                item = await self._next_item()
                 if isinstance(item, _Done):
                     break
                 if isinstance(item, BaseException):
@@ -130,6 +131,18 @@ class Session:
         finally:
             cleanup = asyncio.ensure_future(self._cleanup())
             await asyncio.shield(cleanup)
+
+    async def _next_item(self) -> pb.SynthesizeResponse | _Done | BaseException:
+        """Take the next outbox item; after finish-task, bound the wait for the upstream."""
+        if self._finish_deadline is None:
+            return await self._outbox.get()
+        remaining = self._finish_deadline - asyncio.get_running_loop().time()
+        try:
+            return await asyncio.wait_for(self._outbox.get(), max(remaining, 0.0))
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                f"no task-finished within {self._config.finish_timeout_s:g}s after the last text"
+            ) from exc
 
     # ------------------------------------------------------------------ pumps
 
@@ -154,33 +167,41 @@ class Session:
                 if self._texts_sent == 0:
                     raise InvalidRequest("text", "the stream carried no text")
                 await task.finish()
+                self._finish_deadline = (
+                    asyncio.get_running_loop().time() + self._config.finish_timeout_s
+                )
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - handed to the writer, which raises it
             await self._outbox.put(exc)
 
-    async def _send_text(self, task: UpstreamTask, text: str) -> None:
+    def check_text(self, text: str, already_sent: int = 0) -> int:
+        """Validate one fragment against DashScope's limits; return its counted length."""
         if not text:
             raise InvalidRequest("text", "must not be empty")
         count = protocol.count_characters(text, ssml=self._params.ssml)
-        total = task.protocol.characters_sent + count
+        total = already_sent + count
         if total > protocol.MAX_CHARS_PER_TASK:
             raise InvalidRequest(
                 "text",
-                f"the stream would carry {total} characters, over DashScope's "
+                f"the stream would carry {total:,} characters, over DashScope's "
                 f"{protocol.MAX_CHARS_PER_TASK:,}-character task limit (CJK ideographs count 2)",
             )
+        if self._params.ssml and count > protocol.MAX_CHARS_PER_MESSAGE:
+            raise InvalidRequest(
+                "text",
+                f"SSML text of {count} characters is over the "
+                f"{protocol.MAX_CHARS_PER_MESSAGE:,}-character message limit",
+            )
+        return count
+
+    async def _send_text(self, task: UpstreamTask, text: str) -> None:
+        self.check_text(text, task.protocol.characters_sent)
         if self._params.ssml:
             # DashScope accepts exactly one continue-task with SSML (§5), so SSML
             # text cannot be split or sent in several fragments.
             if self._texts_sent:
                 raise InvalidRequest("text", "SSML allows exactly one text fragment per stream")
-            if count > protocol.MAX_CHARS_PER_MESSAGE:
-                raise InvalidRequest(
-                    "text",
-                    f"SSML text of {count} characters is over the "
-                    f"{protocol.MAX_CHARS_PER_MESSAGE:,}-character message limit",
-                )
             pieces = [text]
         else:
             pieces = protocol.split_text(text, protocol.MAX_CHARS_PER_MESSAGE)

@@ -1,0 +1,80 @@
+"""Shared fixtures: a real emulator on port 0 and a real sidecar server in front of it."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from cosyvoice_sidecar_client import AsyncSynthesizerClient
+
+from sidecar.config import ApiKey, Config
+from sidecar.emulator import Emulator
+from sidecar.server import SidecarServer
+from tests.timing import scaled
+
+TEST_KEY = "sk-test-key"
+
+StartSidecar = Callable[..., Awaitable[SidecarServer]]
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[Emulator]:
+    """A DashScope emulator on 127.0.0.1 with an ephemeral port."""
+    emu = Emulator()
+    await emu.start()
+    try:
+        yield emu
+    finally:
+        await emu.aclose()
+
+
+def sidecar_config(emulator: Emulator, **overrides: Any) -> Config:
+    """A test configuration pointing at ``emulator``; ``overrides`` replace fields."""
+    base = Config(
+        listen="127.0.0.1:0",
+        upstream_url=emulator.url,
+        api_key=ApiKey(TEST_KEY),
+        pool_min_idle=2,
+        pool_max_size=4,
+        acquire_timeout_s=scaled(2.0),
+        connect_timeout_s=scaled(2.0),
+        start_timeout_s=scaled(2.0),
+        cancel_timeout_s=scaled(1.0),
+        drain_grace_s=scaled(2.0),
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+@pytest.fixture
+async def start_sidecar(emulator: Emulator) -> AsyncIterator[StartSidecar]:
+    """Start sidecar servers (config overrides as keywords); all are stopped afterwards."""
+    servers: list[SidecarServer] = []
+
+    async def start(wait_ready: bool = True, **overrides: Any) -> SidecarServer:
+        server = SidecarServer(sidecar_config(emulator, **overrides))
+        servers.append(server)
+        await server.start()
+        if wait_ready:
+            assert await server.wait_ready(scaled(5.0)), repr(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in reversed(servers):
+            await server.stop(grace=scaled(1.0))
+
+
+@pytest.fixture
+async def sidecar(start_sidecar: StartSidecar) -> SidecarServer:
+    """A warm sidecar with the default test configuration."""
+    return await start_sidecar()
+
+
+@pytest.fixture
+async def client(sidecar: SidecarServer) -> AsyncIterator[AsyncSynthesizerClient]:
+    """An async client connected to :func:`sidecar`."""
+    async with AsyncSynthesizerClient(sidecar.address) as c:
+        yield c

@@ -1,0 +1,56 @@
+"""Assertions shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable
+
+from sidecar.emulator import Emulator, TaskRecord
+from sidecar.server import SidecarServer
+from tests.timing import scaled
+
+__all__ = ["assert_pool_settles", "eventually", "task_record"]
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+    """Wait until ``condition()`` holds, for at most ``timeout`` (scaled) seconds."""
+    deadline = time.monotonic() + scaled(timeout)
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met in {scaled(timeout):g}s: {what}")
+        await asyncio.sleep(0.01)
+
+
+async def assert_pool_settles(server: SidecarServer, emulator: Emulator) -> None:
+    """No call holds a connection, nothing is half-closed, and both ends agree on the count.
+
+    The invariant after every error and cancellation: the pool's idle
+    connections are exactly the sockets the emulator sees open.
+    """
+
+    def settled() -> bool:
+        status = server.pool.status()
+        return (
+            status.busy == 0
+            and status.opening == 0
+            and status.closing == 0
+            and emulator.stats.connections_open == status.idle
+        )
+
+    await eventually(
+        settled, what=f"{server.pool!r} vs emulator open={emulator.stats.connections_open}"
+    )
+
+
+def task_record(emulator: Emulator, task_id: str) -> TaskRecord:
+    """Return the emulator's record of ``task_id``."""
+    for record in emulator.stats.tasks:
+        if record.task_id == task_id:
+            return record
+    raise AssertionError(f"the emulator saw no task {task_id}")
+
+
+def sha256(data: bytes | bytearray) -> str:
+    return hashlib.sha256(data).hexdigest()
