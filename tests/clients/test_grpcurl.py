@@ -114,13 +114,13 @@ def synthesized(
     assert [int(c.get("sequence", 0)) for c in chunks] == list(range(len(chunks)))
     audio = b"".join(base64.b64decode(c["data"]) for c in chunks)
     started = responses[0]["started"]
-    task_id = started.get("taskId") or started["task_id"]
-    record = sidecar.task(task_id, until=lambda t: t["outcome"] != "running")
+    record = sidecar.task(started["task_id"], until=lambda t: t["outcome"] != "running")
     assert record["outcome"] == "finished"
     assert len(audio) == record["audio_bytes"] > 0
     assert hashlib.sha256(audio).hexdigest() == record["audio_sha256"]
     completed = responses[-1]["completed"]
-    assert int(completed.get("audioBytes", completed.get("audio_bytes", 0))) == len(audio)
+    # grpcurl prints proto field names; 64-bit integers are JSON strings.
+    assert int(completed["audio_bytes"]) == len(audio)
     return responses, audio, record
 
 
@@ -155,7 +155,8 @@ def test_health_check_is_serving(grpcurl: str, sidecar_process: RunningSidecar) 
     """The health check of the Synthesizer service answers SERVING."""
     result = run_grpcurl(grpcurl, GRPCURL_HEALTH, sidecar_process)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"status": "SERVING"}
+    # The sidecar prints 'serving on' only when ready, so health must agree at once.
+    assert json.loads(result.stdout) == {"status": "SERVING"}, "health lags 'serving on'"
 
 
 def test_synthesize_audio_equals_upstream(grpcurl: str, sidecar_process: RunningSidecar) -> None:
@@ -164,9 +165,9 @@ def test_synthesize_audio_equals_upstream(grpcurl: str, sidecar_process: Running
     started = responses[0]["started"]
     assert started["format"] == "AUDIO_FORMAT_PCM"
     assert record["format"] == "pcm"
-    rate = int(started.get("sampleRateHz", 0))
+    rate = started["sample_rate_hz"]
     assert rate == record["sample_rate"] > 0
-    duration_ms = float(responses[-1]["completed"]["audioDurationMs"])
+    duration_ms = responses[-1]["completed"]["audio_duration_ms"]
     assert abs(duration_ms - len(audio) / 2 / rate * 1000) < 1
 
 
@@ -176,7 +177,7 @@ def test_synthesize_with_config(grpcurl: str, sidecar_process: RunningSidecar) -
     started = responses[0]["started"]
     assert started["format"] == "AUDIO_FORMAT_MP3"
     assert started["voice"] == "longanyang"
-    assert int(started["sampleRateHz"]) == 24000
+    assert started["sample_rate_hz"] == 24000
     upstream = (record["format"], record["voice"], record["sample_rate"])
     assert upstream == ("mp3", "longanyang", 24000)
 

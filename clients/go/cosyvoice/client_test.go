@@ -194,7 +194,10 @@ func TestStreamingAudioEqualsUpstreamInOrder(t *testing.T) {
 	}
 }
 
-func TestFlushIsAcknowledgedInOrder(t *testing.T) {
+// A flush is acknowledged in order with the audio (audio_chunks_before
+// counts the chunks received before the acknowledgement), and the flushed
+// text is spoken before the stream finishes.
+func TestFlushIsAcknowledgedAndSpeaksBufferedText(t *testing.T) {
 	sc := sidecartest.Get(t)
 	client := newClient(t, sc)
 	st, err := client.Stream(timeout(t, 30*time.Second), nil)
@@ -209,23 +212,24 @@ func TestFlushIsAcknowledgedInOrder(t *testing.T) {
 	}
 	chunks := uint64(0)
 	flushed := false
-	for !flushed {
+	// No finish yet: only the flush can make this audio come.
+	for !flushed || chunks == 0 {
 		resp, err := st.Recv()
 		if err != nil {
-			t.Fatalf("Recv before the flush acknowledgement: %v", err)
+			t.Fatalf("Recv after the flush (acknowledged: %v, %d audio chunks): %v", flushed, chunks, err)
 		}
 		if resp.GetAudio() != nil {
 			chunks++
 		}
 		if f := resp.GetFlushed(); f != nil {
+			if flushed {
+				t.Fatal("a second flush acknowledgement")
+			}
 			flushed = true
 			if f.GetAudioChunksBefore() != chunks {
 				t.Errorf("flushed.audio_chunks_before = %d, %d audio chunks arrived before it", f.GetAudioChunksBefore(), chunks)
 			}
 		}
-	}
-	if chunks == 0 {
-		t.Error("a flush of buffered text produced no audio before its acknowledgement")
 	}
 	if err := st.SendText(" and the rest of it."); err != nil {
 		t.Fatal(err)
@@ -240,8 +244,8 @@ func TestFlushIsAcknowledgedInOrder(t *testing.T) {
 		}
 		audio = append(audio, chunk...)
 	}
-	if st.Result().Completed == nil || st.Result().Completed.GetAudioChunks() <= chunks || len(audio) == 0 {
-		t.Errorf("after the flush: %d more bytes, completed %v", len(audio), st.Result().Completed)
+	if c := st.Result().Completed; c == nil || c.GetAudioChunks() <= chunks || len(audio) == 0 {
+		t.Errorf("after the flush: %d more bytes, completed %v", len(audio), c)
 	}
 }
 
