@@ -191,7 +191,7 @@ class Emulator:
             changed = self._changed
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise TimeoutError(f"emulator stats condition not met in {timeout}s: {stats}")
+                raise TimeoutError(f"emulator stats condition not met in {timeout}s: {self!r}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), remaining)
         return stats

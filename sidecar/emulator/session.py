@@ -283,6 +283,7 @@ class Session:
         except ConnectionClosed:
             run.abandon()
         else:
+            run.started()
             host.book.task_started()
         self._run_task = asyncio.create_task(self._drive(run))
 

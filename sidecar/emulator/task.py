@@ -168,6 +168,10 @@ class TaskRun:
         """Re-read the knobs now (a knob changed)."""
         self._wake.set()
 
+    def started(self) -> None:
+        """task-started went out: the input timeout counts from now (§7)."""
+        self._last_activity = self._loop.time()
+
     def _interrupt(self, stop: _Stop) -> None:
         if self._stop is None:
             self._stop = stop
