@@ -3,13 +3,15 @@
 Flags and environment variables are read here and nowhere else. Every option
 has a flag and a ``COSYVOICE_SIDECAR_*`` variable (the flag wins); the API key
 comes only from ``DASHSCOPE_API_KEY`` or the file named by
-``DASHSCOPE_API_KEY_FILE``, never from a flag, so it stays out of ``ps`` and
+``DASHSCOPE_API_KEY_FILE`` (the callers' bearer token likewise from
+``COSYVOICE_SIDECAR_AUTH_TOKEN[_FILE]``), never from a flag, so it stays out of ``ps`` and
 shell history. The key never appears in ``repr``, logs or errors.
 """
 
 from __future__ import annotations
 
 import argparse
+import hmac
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -25,6 +27,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Option",
+    "Secret",
     "add_serve_arguments",
     "config_from_args",
 ]
@@ -37,14 +40,17 @@ FORMATS: Final = ("pcm", "wav", "mp3", "opus")
 SAMPLE_RATES: Final = (8000, 16000, 22050, 24000, 44100, 48000)
 API_KEY_ENV: Final = "DASHSCOPE_API_KEY"
 API_KEY_FILE_ENV: Final = "DASHSCOPE_API_KEY_FILE"
+# A bearer token callers must present; like the API key, never a flag.
+AUTH_TOKEN_ENV: Final = "COSYVOICE_SIDECAR_AUTH_TOKEN"  # noqa: S105 - a variable name
+AUTH_TOKEN_FILE_ENV: Final = "COSYVOICE_SIDECAR_AUTH_TOKEN_FILE"  # noqa: S105
 
 
 class ConfigError(ValueError):
     """Raised when the configuration is invalid; the message says what to change."""
 
 
-class ApiKey:
-    """A DashScope API key that never shows itself in ``repr`` or ``str``."""
+class Secret:
+    """A credential (API key, bearer token) that never shows itself in ``repr`` or ``str``."""
 
     __slots__ = ("_value",)
 
@@ -52,19 +58,22 @@ class ApiKey:
         self._value = value
 
     def reveal(self) -> str:
-        """Return the key, for the Authorization header and nothing else."""
+        """Return the value, for an Authorization header or comparison, nothing else."""
         return self._value
 
     def __repr__(self) -> str:
-        return "ApiKey('***')"
+        return "Secret('***')"
 
     __str__ = __repr__
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ApiKey) and other._value == self._value
+        return isinstance(other, Secret) and hmac.compare_digest(other._value, self._value)
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+ApiKey = Secret
 
 
 @dataclass(frozen=True)
@@ -73,8 +82,13 @@ class Config:
 
     listen: str = "127.0.0.1:50051"
     upstream_url: str = REGIONS["beijing"]
-    api_key: ApiKey | None = field(default=None)
+    api_key: Secret | None = field(default=None)
+    auth_token: Secret | None = field(default=None)
     emulator: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    max_streams: int = 256
     pool_min_idle: int = 2
     pool_max_size: int = 32
     acquire_timeout_s: float = 5.0
@@ -83,6 +97,9 @@ class Config:
     finish_timeout_s: float = 60.0
     cancel_timeout_s: float = 2.0
     drain_grace_s: float = 10.0
+    caller_idle_timeout_s: float = 20.0
+    first_audio_timeout_s: float = 15.0
+    stall_timeout_s: float = 10.0
     default_model: str = "cosyvoice-v3-flash"
     default_voice: str = "longanyang"
     default_format: str = "pcm"
@@ -101,6 +118,9 @@ class Config:
             "finish_timeout_s",
             "cancel_timeout_s",
             "drain_grace_s",
+            "caller_idle_timeout_s",
+            "first_audio_timeout_s",
+            "stall_timeout_s",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f'"{name}" must be > 0')
@@ -111,6 +131,12 @@ class Config:
             raise ConfigError(f'"default_sample_rate" must be one of {rates}')
         if not self.upstream_url.startswith(("ws://", "wss://")):
             raise ConfigError('"upstream_url" must start with ws:// or wss://')
+        if self.max_streams < 1:
+            raise ConfigError('"max_streams" must be >= 1')
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError('"tls_cert" and "tls_key" must be given together')
+        if self.tls_client_ca and not self.tls_cert:
+            raise ConfigError('"tls_client_ca" (mTLS) needs "tls_cert" and "tls_key"')
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError('"log_level" must be debug, info, warning or error')
 
@@ -144,6 +170,10 @@ OPTIONS: Final = (
         "upstream_url",
         "DashScope WebSocket URL; overrides --region (the emulator is just another URL)",
     ),
+    Option("tls_cert", "PEM certificate chain file: serve TLS instead of plaintext"),
+    Option("tls_key", "PEM private key file of --tls-cert"),
+    Option("tls_client_ca", "PEM CA bundle: require client certificates signed by it (mTLS)"),
+    Option("max_streams", "concurrent calls admitted; past it RESOURCE_EXHAUSTED", int),
     Option("pool_min_idle", "warm upstream connections kept open and idle", int),
     Option("pool_max_size", "hard cap on upstream connections (your DashScope quota)", int),
     Option("acquire_timeout_s", "seconds a call waits for a free connection", float),
@@ -157,6 +187,17 @@ OPTIONS: Final = (
         "terminationGracePeriodSeconds)",
         float,
     ),
+    Option(
+        "caller_idle_timeout_s",
+        "seconds a stream may go without text or finish (DashScope fails a task after 23)",
+        float,
+    ),
+    Option(
+        "first_audio_timeout_s",
+        "seconds from flush/finish to the first audio before the call fails",
+        float,
+    ),
+    Option("stall_timeout_s", "seconds between upstream frames after finish", float),
     Option("default_model", "model used when a request names none"),
     Option("default_voice", "voice used when a request names none"),
     Option("default_format", "audio format used when a request names none", choices=FORMATS),
@@ -224,7 +265,8 @@ def config_from_args(
         if region not in REGIONS:
             raise ConfigError(f"region must be one of {', '.join(sorted(REGIONS))}")
         values["upstream_url"] = REGIONS[region]
-    values["api_key"] = _read_api_key(env)
+    values["api_key"] = _read_secret(env, API_KEY_ENV, API_KEY_FILE_ENV)
+    values["auth_token"] = _read_secret(env, AUTH_TOKEN_ENV, AUTH_TOKEN_FILE_ENV)
     if values["api_key"] is None and not emulator:
         raise ConfigError(
             f"no DashScope API key: set {API_KEY_ENV}, or {API_KEY_FILE_ENV} to a file "
@@ -238,16 +280,16 @@ def _env_flag(env: Mapping[str, str], name: str) -> bool:
     return env.get("COSYVOICE_SIDECAR_" + name, "").lower() in ("1", "true", "yes", "on")
 
 
-def _read_api_key(env: Mapping[str, str]) -> ApiKey | None:
-    """Return the key from the key file (preferred, it can rotate) or the variable."""
-    path = env.get(API_KEY_FILE_ENV)
+def _read_secret(env: Mapping[str, str], variable: str, file_variable: str) -> Secret | None:
+    """Return a secret from its file (preferred: it can rotate) or its variable."""
+    path = env.get(file_variable)
     if path:
         try:
             value = Path(path).read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ConfigError(f"{API_KEY_FILE_ENV}: cannot read {path}: {exc.strerror}") from exc
+            raise ConfigError(f"{file_variable}: cannot read {path}: {exc.strerror}") from exc
         if not value:
-            raise ConfigError(f"{API_KEY_FILE_ENV}: {path} is empty")
-        return ApiKey(value)
-    value = env.get(API_KEY_ENV, "").strip()
-    return ApiKey(value) if value else None
+            raise ConfigError(f"{file_variable}: {path} is empty")
+        return Secret(value)
+    value = env.get(variable, "").strip()
+    return Secret(value) if value else None

@@ -9,11 +9,13 @@ doing; anything else reaching the servicer is a bug and becomes INTERNAL.
 
     SidecarError
     ├── InvalidRequest          caller's fault: bad config or text (INVALID_ARGUMENT)
+    ├── CallerIdle              no text and no finish for too long (FAILED_PRECONDITION)
+    ├── TooManyStreams          over the admitted number of concurrent calls (RESOURCE_EXHAUSTED)
     ├── PoolExhausted           every connection busy past the wait bound (RESOURCE_EXHAUSTED)
     ├── PoolClosed              the sidecar is shutting down (UNAVAILABLE)
     └── UpstreamError           DashScope could not serve the task
         ├── UpstreamUnavailable     connect/transport failure, dropped socket (UNAVAILABLE)
-        ├── UpstreamAuthError       handshake refused with 401/403 (UNAVAILABLE, not retryable)
+        ├── UpstreamAuthError       handshake refused with 401/403 (FAILED_PRECONDITION)
         ├── UpstreamTimeout         no task-started / audio / task-finished in time (UNAVAILABLE)
         └── UpstreamTaskFailed      a task-failed event; keeps DashScope's code (by code)
 """
@@ -21,10 +23,12 @@ doing; anything else reaching the servicer is a bug and becomes INTERNAL.
 from __future__ import annotations
 
 __all__ = [
+    "CallerIdle",
     "InvalidRequest",
     "PoolClosed",
     "PoolExhausted",
     "SidecarError",
+    "TooManyStreams",
     "UpstreamAuthError",
     "UpstreamError",
     "UpstreamTaskFailed",
@@ -47,6 +51,22 @@ class InvalidRequest(SidecarError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class CallerIdle(SidecarError):
+    """Raised when a stream sends neither text nor finish within the idle bound. Expected.
+
+    DashScope itself fails a task after 23 s without text (§7); ending the call
+    first lets the status say what happened and keeps the connection clean.
+    """
+
+
+class TooManyStreams(SidecarError):
+    """Raised when a call arrives while the admitted number of calls are running. Expected."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class PoolExhausted(SidecarError):

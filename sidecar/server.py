@@ -20,7 +20,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from sidecar.auth import BearerTokenInterceptor
 from sidecar.config import Config
+from sidecar.errors import PoolClosed
 from sidecar.pool import Pool
 from sidecar.servicer import SynthesizerServicer
 from sidecar.upstream import UpstreamConnection, open_connection
@@ -33,6 +35,20 @@ SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["Synthesizer"].full_name
 # 200,000 characters of 4-byte UTF-8 fit in 1 MiB; larger requests are refused by gRPC.
 MAX_RECEIVE_MESSAGE_BYTES: Final = 1 << 20
 _HEALTH_POLL_S: Final = 0.1
+SERVER_OPTIONS: Final = (
+    ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
+    # Keepalive that never answers a client's pings with GOAWAY too_many_pings:
+    # grpc-go and grpc-java send no pings by default, and their keepalive
+    # minimums are 10 s; accept pings that often, with or without calls, and
+    # never count strikes against a client.
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_ping_strikes", 0),
+    # Our own pings find dead callers within ~1.5 min, so their calls end and
+    # their upstream connections return to the pool.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+)
 
 
 class SidecarServer:
@@ -54,18 +70,10 @@ class SidecarServer:
             acquire_timeout=config.acquire_timeout_s,
         )
         self.health = health_aio.HealthServicer()
-        self._server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
-                # Accept client keepalive pings as often as every 10 s (grpc-go
-                # and grpc-java send none by default; 10 s is their usual minimum).
-                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-                ("grpc.keepalive_permit_without_calls", 1),
-            ]
-        )
-        pb_grpc.add_SynthesizerServicer_to_server(
-            SynthesizerServicer(self.pool, config), self._server
-        )
+        interceptors = [BearerTokenInterceptor(config.auth_token)] if config.auth_token else []
+        self._server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+        self.servicer = SynthesizerServicer(self.pool, config)
+        pb_grpc.add_SynthesizerServicer_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (
@@ -76,6 +84,8 @@ class SidecarServer:
             self._server,
         )
         self._watcher: asyncio.Task[None] | None = None
+        self._serving = False
+        self._draining = False
         self.address = ""
 
     def __repr__(self) -> str:
@@ -88,9 +98,7 @@ class SidecarServer:
         connections, so Kubernetes and load balancers wait for a warm pool.
         """
         await self._set_health(serving=False)
-        port = self._server.add_insecure_port(self.config.listen)
-        host = self.config.listen.rsplit(":", 1)[0]
-        self.address = f"{host}:{port}"
+        self.address = self._bind()
         self.pool.start()
         await self._server.start()
         self._watcher = asyncio.create_task(self._watch_pool(), name="health-watcher")
@@ -99,19 +107,53 @@ class SidecarServer:
         )
         return self.address
 
+    def _bind(self) -> str:
+        """Listen on ``config.listen`` (host:port, [v6]:port or unix:///path), TLS if configured."""
+        listen = self.config.listen
+        credentials = _server_credentials(self.config)
+        if credentials is None:
+            port = self._server.add_insecure_port(listen)
+        else:
+            port = self._server.add_secure_port(listen, credentials)
+        if listen.startswith("unix:"):
+            return listen
+        if port == 0:
+            raise OSError(f"cannot listen on {listen}")
+        return f"{listen.rsplit(':', 1)[0]}:{port}"
+
     async def wait_ready(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the pool to be warm."""
-        return await self.pool.wait_ready(timeout)
+        """Wait up to ``timeout`` seconds for the pool to be warm; health is SERVING then."""
+        ready = await self.pool.wait_ready(timeout)
+        await self._sync_health()
+        return ready
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Shut down in order; never raises."""
+        """Shut down in order; never raises.
+
+        Health NOT_SERVING → refuse new calls → running calls get ``grace``
+        seconds to complete → the rest end with UNAVAILABLE and their tasks are
+        cancelled upstream → the pool closes every socket with code 1000.
+        """
+        self._draining = True
         await self._set_health(serving=False)
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+        self.servicer.start_draining()
+        cleanup_s = self.config.cancel_timeout_s + 1.0
+        # grpc stops accepting at once and lets running handlers go on meanwhile.
+        stopping = asyncio.create_task(self._server.stop(grace + cleanup_s))
+        if not await self.servicer.wait_idle(grace):
+            log.warning(
+                "drain grace of %.1fs expired with %d calls running; ending them",
+                grace,
+                self.servicer.active_calls,
+            )
+            self.servicer.abort_all(PoolClosed(f"the sidecar shut down ({grace:g}s drain grace)"))
+            await self.servicer.wait_idle(cleanup_s)
         try:
-            await self._server.stop(grace)
+            await stopping
         except Exception:
             log.exception("stopping the gRPC server failed")
         try:
@@ -121,13 +163,17 @@ class SidecarServer:
         log.info("stopped")
 
     async def _watch_pool(self) -> None:
-        serving = False
         while True:
-            if self.pool.ready != serving:
-                serving = self.pool.ready
-                await self._set_health(serving=serving)
-                log.info("health %s: %r", "SERVING" if serving else "NOT_SERVING", self.pool)
+            await self._sync_health()
             await asyncio.sleep(_HEALTH_POLL_S)
+
+    async def _sync_health(self) -> None:
+        """Make health say what the pool is: SERVING only while warm."""
+        if self._draining or self.pool.ready == self._serving:
+            return
+        self._serving = self.pool.ready
+        await self._set_health(serving=self._serving)
+        log.info("health %s: %r", "SERVING" if self._serving else "NOT_SERVING", self.pool)
 
     async def _set_health(self, *, serving: bool) -> None:
         status = (
@@ -137,3 +183,18 @@ class SidecarServer:
         )
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
+
+
+def _server_credentials(config: Config) -> grpc.ServerCredentials | None:
+    """TLS credentials from the configured PEM files, or None for plaintext."""
+    if not (config.tls_cert and config.tls_key):
+        return None
+    with open(config.tls_key, "rb") as key, open(config.tls_cert, "rb") as cert:
+        pair = (key.read(), cert.read())
+    client_ca = None
+    if config.tls_client_ca:
+        with open(config.tls_client_ca, "rb") as ca:
+            client_ca = ca.read()
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )

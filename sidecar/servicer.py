@@ -7,10 +7,12 @@ RetryInfo, BadRequest) attached through grpcio-status.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import grpc
 from cosyvoice.sidecar.v1 import synthesizer_pb2 as pb
@@ -21,10 +23,12 @@ from grpc_status import rpc_status
 
 from sidecar.config import Config
 from sidecar.errors import (
+    CallerIdle,
     InvalidRequest,
     PoolClosed,
     PoolExhausted,
     SidecarError,
+    TooManyStreams,
     UpstreamAuthError,
     UpstreamError,
     UpstreamTaskFailed,
@@ -47,6 +51,8 @@ _MAX_REQUEST_ID = 128
 # Sidecar errors → gRPC codes. The README's error table mirrors this one.
 STATUS_TABLE: Final[dict[type[SidecarError], grpc.StatusCode]] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    CallerIdle: grpc.StatusCode.FAILED_PRECONDITION,
+    TooManyStreams: grpc.StatusCode.RESOURCE_EXHAUSTED,
     PoolExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     PoolClosed: grpc.StatusCode.UNAVAILABLE,
     UpstreamUnavailable: grpc.StatusCode.UNAVAILABLE,
@@ -71,15 +77,19 @@ UPSTREAM_CODE_TABLE: Final[tuple[tuple[str, grpc.StatusCode], ...]] = (
 )
 
 
-def status_for(exc: SidecarError) -> status_pb2.Status:
-    """Return the ``google.rpc.Status`` (code, message, details) for a sidecar error."""
+def status_for(exc: SidecarError, upstream_host: str = "dashscope") -> status_pb2.Status:
+    """Return the ``google.rpc.Status`` (code, message, details) for a sidecar error.
+
+    Upstream task failures carry an ``ErrorInfo`` whose reason is DashScope's
+    error code and whose domain is the upstream host.
+    """
     details: list[any_pb2.Any] = []
     if isinstance(exc, UpstreamTaskFailed):
         code = next(
             (c for prefix, c in UPSTREAM_CODE_TABLE if exc.code.startswith(prefix)),
             grpc.StatusCode.UNKNOWN,
         )
-        details.append(_pack(error_details_pb2.ErrorInfo(reason=exc.code, domain="dashscope")))
+        details.append(_pack(error_details_pb2.ErrorInfo(reason=exc.code, domain=upstream_host)))
         if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
             details.append(_retry_info(1.0))
     else:
@@ -94,7 +104,7 @@ def status_for(exc: SidecarError) -> status_pb2.Status:
                 field=exc.field, description=exc.message
             )
             details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
-        elif isinstance(exc, PoolExhausted):
+        elif isinstance(exc, PoolExhausted | TooManyStreams):
             details.append(_retry_info(exc.retry_after_s))
         details.append(
             _pack(error_details_pb2.ErrorInfo(reason=type(exc).__name__, domain=ERROR_DOMAIN))
@@ -119,11 +129,41 @@ def _retry_info(seconds: float) -> any_pb2.Any:
 
 
 class SynthesizerServicer(pb_grpc.SynthesizerServicer):
-    """Serves both RPCs from one pool."""
+    """Serves both RPCs from one pool; admits at most ``max_streams`` calls at once."""
 
     def __init__(self, pool: Pool, config: Config) -> None:
         self._pool = pool
         self._config = config
+        self._upstream_host = urlsplit(config.upstream_url).hostname or "dashscope"
+        self._active: set[Session] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._draining = False
+
+    def __repr__(self) -> str:
+        return f"<SynthesizerServicer active={len(self._active)} draining={self._draining}>"
+
+    @property
+    def active_calls(self) -> int:
+        return len(self._active)
+
+    def start_draining(self) -> None:
+        """Refuse new calls (UNAVAILABLE) from now on; running ones go on."""
+        self._draining = True
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every running call to end; return whether they did."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def abort_all(self, error: SidecarError) -> None:
+        """End every running call with ``error`` (their upstream tasks are cancelled)."""
+        for session in list(self._active):
+            session.abort(error)
 
     async def Synthesize(
         self,
@@ -170,25 +210,41 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
         session: Session | None = None
         try:
             session = prepare()
+            self._admit(session)
             await context.send_initial_metadata((("x-request-id", session.request_id),))
             remaining = context.time_remaining()
             async for response in session.run(commands, acquire_timeout=remaining):
                 yield response
         except SidecarError as exc:
-            status = status_for(exc)
-            request_id = session.request_id if session else "-"
+            status = status_for(exc, self._upstream_host)
             log.info(
                 "request %s: %s (task %s): %s",
-                request_id,
-                grpc.StatusCode(_code_tuple(status.code)).name,
-                session.task_id if session else "-",
+                session.request_id if session else "-",
+                _code_name(status.code),
+                (session.task_id if session else None) or "-",
                 exc,
             )
             await context.abort_with_status(rpc_status.to_status(status))
+        finally:
+            if session is not None:
+                self._active.discard(session)
+                if not self._active:
+                    self._idle.set()
+
+    def _admit(self, session: Session) -> None:
+        if self._draining:
+            raise PoolClosed("the sidecar is shutting down; retry on another instance")
+        if len(self._active) >= self._config.max_streams:
+            raise TooManyStreams(
+                f"{self._config.max_streams} calls are running, the most this sidecar admits",
+                retry_after_s=0.5,
+            )
+        self._active.add(session)
+        self._idle.clear()
 
 
-def _code_tuple(code: int) -> tuple[int, str]:
-    return next(c.value for c in grpc.StatusCode if c.value[0] == code)
+def _code_name(code: int) -> str:
+    return next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
 
 
 async def _commands(

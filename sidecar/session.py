@@ -31,7 +31,7 @@ from cosyvoice.sidecar.v1 import synthesizer_pb2 as pb
 
 from sidecar import protocol
 from sidecar.config import Config
-from sidecar.errors import InvalidRequest, UpstreamTimeout
+from sidecar.errors import CallerIdle, InvalidRequest, SidecarError, UpstreamTimeout
 from sidecar.params import TaskParams
 from sidecar.pool import Borrowed, Pool
 from sidecar.upstream import UpstreamTask
@@ -89,6 +89,7 @@ class Session:
         self._sentence_text: dict[int, str] = {}
         self._texts_sent = 0
         self._finish_deadline: float | None = None
+        self._first_audio_deadline: float | None = None
 
     @property
     def task_id(self) -> str | None:
@@ -121,7 +122,7 @@ class Session:
                 asyncio.create_task(self._read(), name=f"read-{self.request_id}"),
             ]
             while True:
-                item = await self._next_item()
+                item = await self._outbox.get()
                 if isinstance(item, _Done):
                     break
                 if isinstance(item, BaseException):
@@ -132,29 +133,43 @@ class Session:
             cleanup = asyncio.ensure_future(self._cleanup())
             await asyncio.shield(cleanup)
 
-    async def _next_item(self) -> pb.SynthesizeResponse | _Done | BaseException:
-        """Take the next outbox item; after finish-task, bound the wait for the upstream."""
-        if self._finish_deadline is None:
-            return await self._outbox.get()
-        remaining = self._finish_deadline - asyncio.get_running_loop().time()
-        try:
-            return await asyncio.wait_for(self._outbox.get(), max(remaining, 0.0))
-        except TimeoutError as exc:
-            raise UpstreamTimeout(
-                f"no task-finished within {self._config.finish_timeout_s:g}s after the last text"
-            ) from exc
+    def abort(self, error: SidecarError) -> None:
+        """End the call with ``error`` (e.g. shutdown past the drain grace); never blocks.
+
+        The pumps stop, pending responses are dropped, and the writer raises
+        ``error``; the cleanup then cancels the task upstream as usual.
+        """
+        for pump in self._pumps:
+            pump.cancel()
+        while not self._outbox.empty():
+            self._outbox.get_nowait()
+        self._outbox.put_nowait(error)
 
     # ------------------------------------------------------------------ pumps
 
     async def _feed(self, commands: AsyncIterator[Command]) -> None:
         assert self._task is not None
         task = self._task
+        idle_s = self._config.caller_idle_timeout_s
+        pending = aiter(commands)
         try:
-            async for command in commands:
+            while True:
+                try:
+                    async with asyncio.timeout(idle_s):
+                        command = await anext(pending)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError as exc:
+                    raise CallerIdle(
+                        f"no text and no finish for {idle_s:g}s; DashScope ends a task after "
+                        f"{protocol.INPUT_TIMEOUT_S:g}s without text, so send finish (or "
+                        "half-close) once the text is complete"
+                    ) from exc
                 if isinstance(command, Text):
                     await self._send_text(task, command.text)
                 elif isinstance(command, Flush):
                     await task.flush()
+                    self._note_synthesis_requested()
                     await self._outbox.put(
                         pb.SynthesizeResponse(
                             flushed=pb.FlushAcknowledged(audio_chunks_before=self._chunks)
@@ -167,6 +182,7 @@ class Session:
                 if self._texts_sent == 0:
                     raise InvalidRequest("text", "the stream carried no text")
                 await task.finish()
+                self._note_synthesis_requested()
                 self._finish_deadline = (
                     asyncio.get_running_loop().time() + self._config.finish_timeout_s
                 )
@@ -211,16 +227,61 @@ class Session:
 
     async def _read(self) -> None:
         assert self._task is not None
+        task = self._task
         try:
-            async for event in self._task.events():
-                response = self._response_for(event)
-                if response is not None:
-                    await self._outbox.put(response)
+            while not task.state.is_over:
+                bound = self._read_bound()
+                try:
+                    if bound is None:
+                        event = await task.next_event()
+                    else:
+                        async with asyncio.timeout(bound):
+                            event = await task.next_event()
+                except TimeoutError as exc:
+                    raise self._timeout_error() from exc
+                if isinstance(event, protocol.AudioReceived | protocol.SentenceEvent):
+                    response = self._response_for(event)
+                    if response is not None:
+                        await self._outbox.put(response)
             await self._outbox.put(_Done())
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - handed to the writer, which raises it
             await self._outbox.put(exc)
+
+    def _note_synthesis_requested(self) -> None:
+        """From a flush or finish on, audio must start within first_audio_timeout_s."""
+        if self._first_audio_deadline is None and self._chunks == 0:
+            self._first_audio_deadline = (
+                asyncio.get_running_loop().time() + self._config.first_audio_timeout_s
+            )
+
+    def _read_bound(self) -> float | None:
+        """Return how long the next upstream frame may take, or None for no bound.
+
+        Before a flush or finish, silence is legitimate (DashScope waits for a
+        sentence end, and the caller-idle bound covers the caller); after it,
+        the first audio, each following frame and task-finished are bounded.
+        """
+        now = asyncio.get_running_loop().time()
+        bounds: list[float] = []
+        if self._chunks == 0 and self._first_audio_deadline is not None:
+            bounds.append(self._first_audio_deadline - now)
+        if self._finish_deadline is not None:
+            bounds.append(self._finish_deadline - now)
+            if self._chunks:
+                bounds.append(self._config.stall_timeout_s)
+        return max(min(bounds), 0.0) if bounds else None
+
+    def _timeout_error(self) -> UpstreamTimeout:
+        now = asyncio.get_running_loop().time()
+        if self._finish_deadline is not None and now >= self._finish_deadline:
+            what = f"no task-finished within {self._config.finish_timeout_s:g}s after finish"
+        elif self._chunks == 0:
+            what = f"no audio within {self._config.first_audio_timeout_s:g}s after flush/finish"
+        else:
+            what = f"upstream stalled for {self._config.stall_timeout_s:g}s between frames"
+        return UpstreamTimeout(what)
 
     def _response_for(
         self, event: protocol.AudioReceived | protocol.SentenceEvent
