@@ -7,6 +7,7 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import com.google.protobuf.Struct;
+import dev.cosyvoice.sidecar.examples.Quickstart;
 import dev.cosyvoice.sidecar.examples.Say;
 import dev.cosyvoice.sidecar.v1.AudioFormat;
 import dev.cosyvoice.sidecar.v1.Completed;
@@ -264,6 +265,28 @@ class SynthesizerClientTest {
     assertWav(wav, 24000, pcm);
     Started started = Started.newBuilder().setTaskId(task.group(1)).build();
     Responses.assertUpstreamAudio(sidecar, started, pcm);
+  }
+
+  @Test
+  void quickstartStreamsIntoAWavFile(@TempDir Path dir) throws Exception {
+    Path out = dir.resolve("quickstart.wav");
+    Completed completed = Quickstart.run(sidecar.target(), out);
+    byte[] wav = Files.readAllBytes(out);
+    byte[] pcm = Arrays.copyOfRange(wav, Wav.HEADER_BYTES, wav.length);
+    assertWav(wav, 24000, pcm);
+    assertEquals(completed.getAudioBytes(), pcm.length, "completed.audio_bytes vs. the file");
+    // The emulator's last finished task is the one Quickstart ran: this class runs one test at a
+    // time and Quickstart does not expose its task id.
+    Struct last = lastTask();
+    assertEquals("finished", last.getFieldsOrThrow("outcome").getStringValue());
+    assertEquals(Responses.sha256(pcm), last.getFieldsOrThrow("audio_sha256").getStringValue(),
+        "audio sha256: the file vs. the emulator's audio_sha256");
+  }
+
+  private static Struct lastTask() throws Exception {
+    var tasks = sidecar.stats().getFieldsOrThrow("tasks").getListValue().getValuesList();
+    assertTrue(!tasks.isEmpty(), "the emulator saw no task");
+    return tasks.get(tasks.size() - 1).getStructValue();
   }
 
   /** Assert that {@code wav} is a 16-bit mono WAV file at {@code sampleRate} holding {@code pcm}. */
