@@ -140,10 +140,9 @@ class SidecarServer:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+        # New calls are refused (UNAVAILABLE) from here on while health checks
+        # keep answering NOT_SERVING; running calls go on for the grace period.
         self.servicer.start_draining()
-        cleanup_s = self.config.cancel_timeout_s + 1.0
-        # grpc stops accepting at once and lets running handlers go on meanwhile.
-        stopping = asyncio.create_task(self._server.stop(grace + cleanup_s))
         if not await self.servicer.wait_idle(grace):
             log.warning(
                 "drain grace of %.1fs expired with %d calls running; ending them",
@@ -151,9 +150,10 @@ class SidecarServer:
                 self.servicer.active_calls,
             )
             self.servicer.abort_all(PoolClosed(f"the sidecar shut down ({grace:g}s drain grace)"))
-            await self.servicer.wait_idle(cleanup_s)
+            await self.servicer.wait_idle(self.config.cancel_timeout_s + 1.0)
         try:
-            await stopping
+            # Only long-lived health watches remain: end them promptly.
+            await self._server.stop(1.0)
         except Exception:
             log.exception("stopping the gRPC server failed")
         try:
