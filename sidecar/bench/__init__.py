@@ -1,0 +1,22 @@
+"""The benchmark: the sidecar against the vendor SDK pool and the physical floor.
+
+``cosyvoice-sidecar bench`` (or ``python -m sidecar.bench``) starts the
+DashScope emulator as its own process, then runs every mode at every
+concurrency level, interleaved and repeated, each client in a fresh process:
+
+* ``cold``: a new WebSocket per request (:func:`sidecar.upstream.open_connection`);
+* ``sdk-pool``: the official ``dashscope`` SDK's ``SpeechSynthesizerObjectPool``,
+  one thread per worker;
+* ``floor``: asyncio on N pre-opened sockets, the same upstream client the
+  sidecar uses but no gRPC hop and no process boundary;
+* ``sidecar`` / ``sidecar-unary``: the sidecar as its own process, driven by a
+  gRPC load generator in another process over ``StreamingSynthesize`` (text
+  in fragments) and ``Synthesize``; ``sidecar-uvloop`` runs it on uvloop.
+
+Modules, leaves first: ``workload`` (what one task sends and must receive),
+``stats`` (percentiles), ``procs`` (subprocesses, ``/proc``, the emulator's
+HTTP), ``worker`` (the client processes), ``runner`` (the schedule),
+``report`` (table, JSON, plot, verdicts), ``cli``.
+"""
+
+from __future__ import annotations

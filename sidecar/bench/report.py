@@ -1,0 +1,293 @@
+"""Turning a bench report into Markdown, a verdict per target, and a PNG plot.
+
+The report is the JSON-ready dict that :func:`sidecar.bench.runner.run_bench`
+returns; everything here reads only that dict, so a saved ``--json`` file
+can be rendered again later.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = ["PlotUnavailable", "markdown", "plot", "targets"]
+
+_PLOT_STYLES: Final = {"p50": "-", "p90": "--", "p99": ":"}
+_COLORS: Final = {
+    "cold": "tab:gray",
+    "sdk-pool": "tab:red",
+    "floor": "tab:green",
+    "sidecar": "tab:blue",
+    "sidecar-unary": "tab:purple",
+    "sidecar-uvloop": "tab:cyan",
+}
+
+
+class PlotUnavailable(RuntimeError):
+    """Raised when ``--plot`` is asked for but matplotlib is not installed."""
+
+
+def _ms(value: float | None, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _row(report: dict[str, Any], mode: str, level: int) -> dict[str, Any] | None:
+    for row in report["rows"]:
+        if row["mode"] == mode and row["level"] == level:
+            row_: dict[str, Any] = row
+            return row_
+    return None
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """Return the report as Markdown: setup, results table, warm-up, targets."""
+    m = report["machine"]
+    s = report["settings"]
+    k = report["emulator_knobs"]
+    w = report["workload"]
+    packages = ", ".join(f"{n} {v}" for n, v in m["packages"].items() if v)
+    lines = [
+        f"Bench of {report['started_at']} ({report['elapsed_s']:.0f} s, preset {s['preset']}): "
+        f"{m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, {m['python']}, {m['os']}; "
+        f"load average {m['loadavg_start']} at start, {m['loadavg_end']} at end; "
+        f"commit {m['commit'] or 'unknown'}.",
+        "",
+        f"Packages: {packages}.",
+        "",
+        f"Emulator (its own process): handshake {k['handshake_delay_s'] * 1000:g} ms, "
+        f"first packet {k['first_packet_delay_s'] * 1000:g} ms, "
+        f"real-time factor {k['realtime_factor']:g}, {k['chunk_ms']} ms chunks. "
+        f"Each task: {len(w['text'])} characters in {len(w['fragments'])} fragments, "
+        f"pcm {w['sample_rate']} Hz, {w['expected_bytes']:,} audio bytes "
+        f"({w['audio_ms']:.0f} ms of audio). Overhead = TTFB - {w['intrinsic_ms']:g} ms "
+        "(what the emulator itself takes to the first audio byte).",
+        "",
+        f"Each mode and level ran {s['repeats']} time(s) for {s['duration_s']:g} s after a "
+        f"{s['ramp_s']:.2f} s ramp, interleaved; closed loop (each stream starts its next task "
+        "when the previous one ends). Times in ms.",
+        "",
+        "| mode | streams | tasks | errors | TTFB p50 | p90 | p99 | max | overhead p50 "
+        "| overhead p99 | gap p99 | tasks/s | CPU ms/task | peak RSS MiB | upstream conns "
+        "| audio |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for r in report["rows"]:
+        t = r["ttfb_ms"]
+        o = r["overhead_ms"]
+        errors = r["errors"] + r["audio_mismatches"]
+        audio = "ok" if r["audio_ok"] else ("FAILED" if r["failures"] else "mismatch")
+        lines.append(
+            f"| {r['mode']} | {r['level']} | {r['tasks']:,} | {errors} | {_ms(t['p50'])} "
+            f"| {_ms(t['p90'])} | {_ms(t['p99'])} | {_ms(t['max'])} | {_ms(o['p50'])} "
+            f"| {_ms(o['p99'])} | {_ms(r['gap_p99_ms'])} | {_ms(r['tasks_per_s'])} "
+            f"| {_ms(r['cpu_ms_per_task'], 2)} | {_ms(r['peak_rss_mb'], 0)} "
+            f"| {r['connections_opened']:,} | {audio} |"
+        )
+    lines += [
+        "",
+        "CPU ms/task and peak RSS are the serving process's: the sidecar process for the "
+        "sidecar modes (the gRPC load generator's own CPU is in the JSON), the client process "
+        "for cold, floor and sdk-pool. Upstream conns: WebSockets the emulator accepted during "
+        "the measured window. Gap: time between two audio chunks of one task "
+        f"(the emulator paces them {k['chunk_ms'] * k['realtime_factor']:g} ms apart).",
+    ]
+    warm = warmup_table(report)
+    if warm:
+        lines += ["", *warm]
+    verdicts = targets(report)
+    if verdicts:
+        lines += ["", "| target (issue #7) | measured | verdict |", "|---|---|---|"]
+        lines += [f"| {v['target']} | {v['measured']} | {v['verdict']} |" for v in verdicts]
+    failures = [(r["mode"], r["level"], f) for r in report["rows"] for f in r["failures"]]
+    if failures:
+        lines += ["", "Runs that failed:"]
+        lines += [f"- {mode} at {level}: {text}" for mode, level, text in failures]
+    samples = [
+        (run["mode"], run["level"], e) for run in report["runs"] for e in run["error_samples"][:2]
+    ]
+    if samples:
+        lines += ["", "First errors:"]
+        lines += [f"- {mode} at {level}: {text}" for mode, level, text in samples[:10]]
+    return "\n".join(lines) + "\n"
+
+
+def warmup_table(report: dict[str, Any]) -> list[str]:
+    """Return the warm-up comparison as Markdown lines (empty if nothing warmed)."""
+    modes = [
+        m
+        for m in ("sidecar", "sidecar-uvloop", "floor", "sdk-pool")
+        if any(w["mode"] == m for w in report["warmup"])
+    ]
+    if not modes:
+        return []
+    labels = {
+        "sidecar": "sidecar pool (parallel)",
+        "sidecar-uvloop": "sidecar on uvloop",
+        "floor": "floor (parallel opens)",
+        "sdk-pool": "SDK pool (serial, capped at 100)",
+    }
+    lines = [
+        "Warm-up, seconds until N sockets are open and ready (worst repeat):",
+        "",
+        "| streams | " + " | ".join(labels[m] for m in modes) + " |",
+        "|--:|" + "--:|" * len(modes),
+    ]
+    for level in report["settings"]["levels"]:
+        cells = []
+        for mode in modes:
+            entry = next(
+                (w for w in report["warmup"] if w["mode"] == mode and w["level"] == level), None
+            )
+            cells.append(
+                "-" if entry is None else f"{entry['seconds']:.2f} ({entry['sockets']} sockets)"
+            )
+        lines.append(f"| {level} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def targets(report: dict[str, Any]) -> list[dict[str, str]]:
+    """Judge the issue's "Done means" figures that this report has the data for."""
+    out: list[dict[str, str]] = []
+    row: Callable[[str, int], dict[str, Any] | None] = lambda mode, level: _row(  # noqa: E731
+        report, mode, level
+    )
+    for level, p50_max, p99_max in ((100, 3.0, 10.0), (200, 5.0, 20.0)):
+        side, floor = row("sidecar", level), row("floor", level)
+        if side and floor:
+            d50 = side["overhead_ms"]["p50"] - floor["overhead_ms"]["p50"]
+            d99 = side["overhead_ms"]["p99"] - floor["overhead_ms"]["p99"]
+            out.append(
+                {
+                    "target": f"sidecar overhead above floor at {level}: "
+                    f"≤ {p50_max:g} ms p50, ≤ {p99_max:g} ms p99",
+                    "measured": f"+{d50:.1f} ms p50, +{d99:.1f} ms p99",
+                    "verdict": _verdict(d50 <= p50_max and d99 <= p99_max),
+                }
+            )
+    for level, ratio in ((100, 4), (200, 20)):
+        side, sdk = row("sidecar", level), row("sdk-pool", level)
+        if side and sdk:
+            mine, theirs = side["overhead_ms"]["p99"], sdk["overhead_ms"]["p99"]
+            out.append(
+                {
+                    "target": f"sidecar overhead p99 ≤ 1/{ratio} of sdk-pool's at {level}",
+                    "measured": f"{mine:.1f} ms vs {theirs:.1f} ms (1/{theirs / mine:.1f})"
+                    if mine > 0
+                    else f"{mine:.1f} ms vs {theirs:.1f} ms",
+                    "verdict": _verdict(mine <= theirs / ratio),
+                }
+            )
+    warm = next(
+        (w for w in report["warmup"] if w["mode"] == "sidecar" and w["sockets"] == 100), None
+    )
+    if warm:
+        sdk_warm = next(
+            (w for w in report["warmup"] if w["mode"] == "sdk-pool" and w["sockets"] == 100), None
+        )
+        versus = f" (sdk-pool {sdk_warm['seconds']:.1f} s)" if sdk_warm else ""
+        out.append(
+            {
+                "target": "100 sockets warm in under 1 s",
+                "measured": f"{warm['seconds']:.2f} s{versus}",
+                "verdict": _verdict(warm["seconds"] < 1.0),
+            }
+        )
+    side = row("sidecar", 400)
+    if side:
+        out.append(
+            {
+                "target": "400 streams: zero errors, all audio, overhead p99 ≤ 50 ms",
+                "measured": f"{side['errors']} errors, {side['audio_mismatches']} audio "
+                f"mismatches in {side['tasks']:,} tasks, p99 {side['overhead_ms']['p99']:.1f} ms",
+                "verdict": _verdict(side["audio_ok"] and side["overhead_ms"]["p99"] <= 50),
+            }
+        )
+    side, sdk = row("sidecar", 100), row("sdk-pool", 100)
+    if side and sdk:
+        out.append(
+            {
+                "target": "sidecar CPU/task ≤ sdk-pool client CPU/task at 100",
+                "measured": f"{side['cpu_ms_per_task']:.2f} ms vs {sdk['cpu_ms_per_task']:.2f} ms",
+                "verdict": _verdict(side["cpu_ms_per_task"] <= sdk["cpu_ms_per_task"]),
+            }
+        )
+    return out
+
+
+def _minor_label(value: float, _: object) -> str:
+    """Label minor log ticks 2x and 5x only, so the axis stays readable."""
+    return f"{value:g}" if f"{value:e}"[0] in "25" else ""
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Write a PNG: TTFB and overhead percentiles against concurrency, per mode, log scales.
+
+    Left: time to the first audio byte; right: the same minus the emulator's
+    own first-packet delay (the overhead), where the modes' differences show.
+    Raises :class:`PlotUnavailable` when matplotlib is missing.
+    """
+    try:
+        matplotlib = importlib.import_module("matplotlib")
+    except ImportError:
+        raise PlotUnavailable(
+            "--plot needs matplotlib, an optional dependency: pip install 'matplotlib==3.11.2'"
+        ) from None
+    matplotlib.use("Agg")
+    plt = importlib.import_module("matplotlib.pyplot")
+    ticker = importlib.import_module("matplotlib.ticker")
+    lines = importlib.import_module("matplotlib.lines")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5), dpi=110)
+    modes = list(dict.fromkeys(r["mode"] for r in report["rows"]))
+    levels = report["settings"]["levels"]
+    for ax, key, floor in ((left, "ttfb_ms", None), (right, "overhead_ms", 0.1)):
+        for mode in modes:
+            rows = sorted(
+                (r for r in report["rows"] if r["mode"] == mode), key=lambda r: r["level"]
+            )
+            for q, style in _PLOT_STYLES.items():
+                points = [
+                    (r["level"], max(r[key][q], floor) if floor else r[key][q])
+                    for r in rows
+                    if not math.isnan(r[key][q])
+                ]
+                if points:
+                    xs, ys = zip(*points, strict=True)
+                    ax.plot(xs, ys, style, marker="o", markersize=3, color=_COLORS.get(mode))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(levels)
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(ticker.FuncFormatter(_minor_label))
+        ax.set_xlabel("concurrent streams")
+        ax.grid(True, which="both", alpha=0.3)
+    intrinsic = report["workload"]["intrinsic_ms"]
+    left.set_ylabel("time to first audio byte (ms)")
+    right.set_ylabel(f"overhead: TTFB - {intrinsic:g} ms emulator delay (ms)")
+    if intrinsic > 0:
+        left.axhline(intrinsic, color="black", linewidth=0.8, alpha=0.5)
+    handles = [lines.Line2D([], [], color=_COLORS.get(m), label=m) for m in modes]
+    handles += [
+        lines.Line2D([], [], color="black", linestyle=style, label=q)
+        for q, style in _PLOT_STYLES.items()
+    ]
+    right.legend(handles=handles, fontsize=8, loc="upper left")
+    m = report["machine"]
+    fig.suptitle(
+        f"cosyvoice-sidecar bench: TTFB vs concurrency ({m['cores']} cores, {m['python']}, "
+        f"{report['started_at'][:10]})",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
