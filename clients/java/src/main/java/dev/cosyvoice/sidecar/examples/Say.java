@@ -63,7 +63,12 @@ public final class Say {
             out.print(USAGE);
             return 0;
           }
-          default -> words.add(arg);
+          default -> {
+            if (arg.startsWith("--")) {
+              throw new IllegalArgumentException("unknown flag: " + arg);
+            }
+            words.add(arg);
+          }
         }
       }
       if (words.isEmpty()) {
