@@ -1,0 +1,121 @@
+"""The bench command end to end in its --quick preset: it runs, and its JSON has the promised shape.
+
+Timings are never asserted (CI machines are shared); what is asserted is that
+every mode produced rows, every task got exactly the expected audio, and the
+report carries the fields the README and the issue name.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sidecar.bench.runner import DEFAULT_MODES
+from tests.timing import scaled
+
+PERCENTILES = {"p50", "p90", "p99", "max"}
+ROW_FIELDS = {
+    "mode",
+    "level",
+    "runs",
+    "tasks",
+    "errors",
+    "audio_mismatches",
+    "ttfb_ms",
+    "overhead_ms",
+    "gap_p99_ms",
+    "tasks_per_s",
+    "cpu_ms_per_task",
+    "client_cpu_ms_per_task",
+    "emulator_cpu_ms_per_task",
+    "peak_rss_mb",
+    "connections_opened",
+    "warmup_s",
+    "warmup_sockets",
+    "per_repeat",
+    "failures",
+    "audio_ok",
+}
+
+
+def _bench(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - this interpreter, no shell
+        [sys.executable, "-m", "sidecar.bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=scaled(timeout),
+        check=False,
+    )
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@pytest.mark.timeout(scaled(300))
+def test_quick_bench_writes_a_complete_report(tmp_path: Path) -> None:
+    """--quick runs every default mode at levels 1 and 4 and reports each with all its fields."""
+    out = tmp_path / "bench.json"
+    done = _bench("--quick", "--json", str(out), timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| mode | streams |" in done.stdout
+    assert "repeat 1" in done.stderr  # the progress indicator
+    report = json.loads(out.read_text())
+
+    assert report["schema"] == "cosyvoice-sidecar-bench/1"
+    assert report["settings"]["preset"] == "quick"
+    assert {"cores", "cpu", "python", "packages", "loadavg_start"} <= report["machine"].keys()
+    assert report["machine"]["packages"]["grpcio"]
+    knobs = report["emulator_knobs"]
+    assert (knobs["handshake_delay_s"], knobs["first_packet_delay_s"]) == (0.1, 0.15)
+    assert (knobs["realtime_factor"], knobs["chunk_ms"]) == (0.25, 100)
+    assert report["workload"]["expected_bytes"] > 0
+    assert len(report["workload"]["fragments"]) >= 2
+
+    rows = {(r["mode"], r["level"]): r for r in report["rows"]}
+    assert set(rows) == {(m, n) for m in DEFAULT_MODES for n in (1, 4)}
+    for key, row in rows.items():
+        assert row.keys() >= ROW_FIELDS, key
+        assert row["failures"] == [], (key, row["failures"])
+        assert row["tasks"] >= 1, key
+        assert row["audio_ok"], (key, row["errors"], row["audio_mismatches"])
+        for field in ("ttfb_ms", "overhead_ms"):
+            assert row[field].keys() == PERCENTILES, key
+            assert all(_number(v) for v in row[field].values()), key
+        assert _number(row["cpu_ms_per_task"]), key
+        assert _number(row["peak_rss_mb"]), key
+    # Connections opened in the window: one per task for cold, none for the warm modes.
+    for level in (1, 4):
+        assert rows["cold", level]["connections_opened"] == rows["cold", level]["tasks"]
+        assert rows["floor", level]["connections_opened"] == 0
+        assert rows["sidecar", level]["connections_opened"] == 0
+
+    warm = {(w["mode"], w["level"]): w for w in report["warmup"]}
+    assert {("sidecar", 4), ("floor", 4), ("sdk-pool", 4)} <= warm.keys()
+    assert all(_number(w["seconds"]) for w in warm.values())
+    assert len(report["runs"]) == len(DEFAULT_MODES) * 2
+
+
+def test_plot_without_matplotlib_fails_clearly(tmp_path: Path) -> None:
+    """--plot names the missing optional dependency and exits 2 before starting anything."""
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from sidecar.bench.__main__ import main\n"
+        f"sys.exit(main(['--quick', '--plot', {str(tmp_path / 'x.png')!r}]))"
+    )
+    done = subprocess.run(  # noqa: S603 - this interpreter, no shell
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--plot needs matplotlib" in done.stderr
+    assert "pip install" in done.stderr
+    assert not (tmp_path / "x.png").exists()
