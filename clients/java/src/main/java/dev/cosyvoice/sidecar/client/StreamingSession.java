@@ -116,10 +116,11 @@ public final class StreamingSession {
    * Return a future of the call's outcome: the {@code completed} response once the call ended
    * successfully, or a {@link StatusRuntimeException} (wrapped by the future's {@code get}) when
    * it failed, was cancelled, or its deadline expired. It completes after the observer's last
-   * callback returned.
+   * callback returned. Each call returns a new view; completing or cancelling it does not
+   * affect the call (use {@link #cancel} for that).
    */
   public CompletableFuture<Completed> completion() {
-    return completion;
+    return completion.copy();
   }
 
   private void send(StreamingSynthesizeRequest request) {
