@@ -1,0 +1,220 @@
+"""The image's install steps and entrypoint, run outside Docker from the Dockerfile itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import tomllib
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cosyvoice_sidecar_client import AsyncSynthesizerClient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from sidecar.emulator import Emulator, EmulatorKnobs
+from sidecar.server import SERVICE_NAME
+from tests.deploy.conftest import BASE, OVERLAY, REPO, Image, load_yaml, sidecar_container
+from tests.helpers import eventually, sha256, task_record
+from tests.timing import scaled
+
+# The first test pays for the install (seconds with a warm pip cache).
+pytestmark = pytest.mark.timeout(scaled(300))
+
+KEY = "sk-deploy-test-key-from-file"
+SECRET_MOUNT = "/var/run/secrets/dashscope"
+
+
+def _pod_spec(path: Path) -> dict[str, Any]:
+    (deployment,) = [d for d in load_yaml(path) if d["kind"] == "Deployment"]
+    spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return spec
+
+
+def _env(container: Mapping[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", [])}
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+def _key_file(tmp_path: Path, manifest_path: str) -> Path:
+    """Write the key as `kubectl create secret --from-file` would (trailing newline)."""
+    assert manifest_path.startswith(SECRET_MOUNT + "/"), manifest_path
+    path = tmp_path / "secrets" / Path(manifest_path).name
+    path.parent.mkdir()
+    path.write_text(KEY + "\n", encoding="utf-8")
+    return path
+
+
+@contextlib.asynccontextmanager
+async def _entrypoint(
+    image: Image, env: Mapping[str, str], cwd: Path
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """Run the image's ENTRYPOINT; yield it and its address once it prints 'serving on'."""
+    stderr = cwd.parent / f"{cwd.name}.stderr"
+    with stderr.open("wb") as errors:
+        proc = await asyncio.create_subprocess_exec(
+            *image.entrypoint(env),
+            env=dict(env),
+            cwd=cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=errors,
+        )
+    try:
+        assert proc.stdout is not None
+        address = ""
+        async with asyncio.timeout(scaled(30)):
+            while not address:
+                line = (await proc.stdout.readline()).decode()
+                if not line:
+                    await proc.wait()
+                    log = stderr.read_text(errors="replace")
+                    raise AssertionError(f"exited {proc.returncode} before serving:\n{log}")
+                if match := re.fullmatch(r"serving on (\S+)\n", line):
+                    address = match.group(1)
+        yield proc, address
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _terminate(proc: asyncio.subprocess.Process, within: float) -> int:
+    proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(scaled(within)):
+        return await proc.wait()
+
+
+async def _health(address: str, service: str) -> int:
+    async with grpc.aio.insecure_channel(address) as channel:
+        # The grpcio-health-checking stubs type HealthStub for sync channels only.
+        stub: Any = health_pb2_grpc.HealthStub(channel)
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=scaled(5))
+    return int(reply.status)
+
+
+def test_install_puts_the_wheel_in_a_clean_virtualenv(image: Image) -> None:
+    """The install steps leave the project's wheel, and no dev tool, in the new venv."""
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    wheels = sorted(p.name for p in Path(image.local("/wheels")).iterdir())
+    assert f"cosyvoice_sidecar-{version}-py3-none-any.whl" in wheels
+    site = Path(image.local("/opt/venv")) / "lib"
+    for package in ("sidecar", "cosyvoice_sidecar_client", "grpc_health"):
+        assert list(site.glob(f"python3.*/site-packages/{package}/__init__.py")), package
+    # Installed from the wheel, not linked to the work tree; runtime deps only.
+    assert not list(site.glob("python3.*/site-packages/__editable__*"))
+    for dev_only in ("pytest", "mypy", "grpc_tools"):
+        assert not list(site.glob(f"python3.*/site-packages/{dev_only}")), dev_only
+
+
+async def test_entrypoint_serves_with_environment_only(image: Image, tmp_path: Path) -> None:
+    """The ENTRYPOINT with the manifest's env and a key file warms, answers SERVING, speaks."""
+    sidecar = sidecar_container(_pod_spec(BASE / "deployment.yaml"))
+    manifest_env = _env(sidecar)
+    key_file = _key_file(tmp_path, manifest_env["DASHSCOPE_API_KEY_FILE"])
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    venv = Path(image.local("/opt/venv"))
+    before = _snapshot(venv)
+    # Only this key opens a connection: a sidecar that used any other warms nothing.
+    async with Emulator(EmulatorKnobs(api_keys=frozenset({KEY}))) as emulator:
+        env = image.environment(
+            {
+                **manifest_env,
+                "COSYVOICE_SIDECAR_LISTEN": "127.0.0.1:0",  # tests bind loopback only
+                "COSYVOICE_SIDECAR_UPSTREAM_URL": emulator.url,
+                "DASHSCOPE_API_KEY_FILE": str(key_file),
+            }
+        )
+        assert not any(name.startswith("DASHSCOPE_API_KEY=") for name in env)
+        async with _entrypoint(image, env, cwd) as (proc, address):
+            readiness = sidecar["readinessProbe"]["grpc"].get("service", "")
+            for service in ("", SERVICE_NAME, readiness):
+                assert await _health(address, service) == health_pb2.HealthCheckResponse.SERVING
+
+            async with AsyncSynthesizerClient(address) as client:
+                result = await client.synthesize(
+                    "Hello from the image entrypoint.", timeout=scaled(10)
+                )
+            assert result.audio
+            task_id = result.started.task_id
+            await eventually(
+                lambda: task_record(emulator, task_id).outcome == "finished", what=task_id
+            )
+            record = task_record(emulator, task_id)
+            assert (record.audio_bytes, record.audio_sha256) == (
+                len(result.audio),
+                sha256(result.audio),
+            )
+
+            grace = float(manifest_env["COSYVOICE_SIDECAR_DRAIN_GRACE_S"])
+            assert await _terminate(proc, within=grace + 10) == 0
+    # Read-only root file system: nothing written to the working directory or the code.
+    assert list(cwd.iterdir()) == []
+    assert _snapshot(venv) == before
+
+
+async def _probe(command: list[str], env: Mapping[str, str], timeout: float) -> int:
+    """Run an exec probe's command as the kubelet would; return its exit code."""
+    proc = await asyncio.create_subprocess_exec(
+        *command,
+        env=dict(env),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    async with asyncio.timeout(scaled(timeout)):
+        return await proc.wait()
+
+
+async def test_unix_socket_overlay_probes(
+    image: Image, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The overlay's exec probes pass against the entrypoint on its socket, fail once it stops."""
+    patch = load_yaml(OVERLAY / "unix-socket.yaml")[0]["spec"]["template"]["spec"]
+    overlay = sidecar_container(patch)
+    (mount,) = [m for m in overlay["volumeMounts"] if m["name"] == "sidecar-socket"]
+    socket_dir = str(tmp_path_factory.mktemp("sock"))  # short: socket paths max ~107 bytes
+
+    def local(text: str) -> str:
+        return text.replace(mount["mountPath"], socket_dir)
+
+    base_env = _env(sidecar_container(_pod_spec(BASE / "deployment.yaml")))
+    listen = local(_env(overlay)["COSYVOICE_SIDECAR_LISTEN"])
+    assert listen.startswith("unix://"), listen
+    key_file = _key_file(tmp_path, base_env["DASHSCOPE_API_KEY_FILE"])
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    probes = {
+        name: [local(word) for word in overlay[name]["exec"]["command"]]
+        for name in ("startupProbe", "readinessProbe", "livenessProbe")
+    }
+    python = Path(image.local("/opt/venv")) / "bin" / "python"
+    for command in probes.values():
+        assert command[0] == "python", command
+        command[0] = str(python)  # what "python" is on the image's PATH
+    async with Emulator() as emulator:
+        env = image.environment(
+            {
+                **base_env,
+                "COSYVOICE_SIDECAR_LISTEN": listen,
+                "COSYVOICE_SIDECAR_UPSTREAM_URL": emulator.url,
+                "DASHSCOPE_API_KEY_FILE": str(key_file),
+            }
+        )
+        async with _entrypoint(image, env, cwd) as (proc, address):
+            assert address == listen
+            for name, command in probes.items():
+                code = await _probe(command, image.environment(), 10)
+                assert code == 0, f"{name} failed against a serving sidecar"
+            assert await _terminate(proc, within=20) == 0
+        for name, command in probes.items():
+            code = await _probe(command, image.environment(), 10)
+            assert code != 0, f"{name} passed with the sidecar stopped"
