@@ -145,6 +145,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and write collapsed stacks to DIR (needs py-spy)",
     )
     out = parser.add_argument_group("output")
+    out.add_argument(
+        "--label", default="", help="free text recorded in the report (e.g. the code under test)"
+    )
     out.add_argument("--json", type=Path, metavar="PATH", help="write the full report as JSON")
     out.add_argument(
         "--plot",
@@ -183,6 +186,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         sidecar_args=tuple(args.sidecar_arg),
         profile_dir=args.profile_sidecar,
         log_dir=args.logs,
+        label=args.label,
         **values,
     )
 

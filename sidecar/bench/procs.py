@@ -19,7 +19,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Final
 
-__all__ = ["Child", "ChildError", "EmulatorClient", "cpu_seconds", "peak_rss_mb"]
+__all__ = [
+    "Child",
+    "ChildError",
+    "EmulatorClient",
+    "cpu_seconds",
+    "machine_busy_seconds",
+    "peak_rss_mb",
+]
 
 _CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 # JSON result lines carry every sample of a run: allow lines of a few MiB.
@@ -38,6 +45,20 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
+
+
+def machine_busy_seconds() -> float:
+    """Return the CPU seconds all processes on the machine have used (all cores), from /proc.
+
+    Busy = user + nice + system + irq + softirq; idle, iowait and steal are not.
+    The bench subtracts its own processes to show how much CPU others took.
+    """
+    try:
+        line = Path("/proc/stat").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in line.split()[1:8])
+    return (user + nice + system + irq + softirq) / _CLOCK_TICKS
 
 
 def peak_rss_mb(pid: int) -> float:

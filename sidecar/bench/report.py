@@ -55,7 +55,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"Bench of {report['started_at']} ({report['elapsed_s']:.0f} s, preset {s['preset']}): "
         f"{m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, {m['python']}, {m['os']}; "
         f"load average {m['loadavg_start']} at start, {m['loadavg_end']} at end; "
-        f"commit {m['commit'] or 'unknown'}.",
+        f"commit {m['commit'] or 'unknown'}" + (f" ({s['label']})" if s.get("label") else "") + ".",
         "",
         f"Packages: {packages}.",
         "",
@@ -73,8 +73,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "| mode | streams | tasks | errors | TTFB p50 | p90 | p99 | max | overhead p50 "
         "| overhead p99 | gap p99 | tasks/s | CPU ms/task | peak RSS MiB | upstream conns "
-        "| audio |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| other load | audio |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for r in report["rows"]:
         t = r["ttfb_ms"]
@@ -86,14 +86,16 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {_ms(t['p90'])} | {_ms(t['p99'])} | {_ms(t['max'])} | {_ms(o['p50'])} "
             f"| {_ms(o['p99'])} | {_ms(r['gap_p99_ms'])} | {_ms(r['tasks_per_s'])} "
             f"| {_ms(r['cpu_ms_per_task'], 2)} | {_ms(r['peak_rss_mb'], 0)} "
-            f"| {r['connections_opened']:,} | {audio} |"
+            f"| {r['connections_opened']:,} | {_ms(r['other_load_cores'], 2)} | {audio} |"
         )
     lines += [
         "",
         "CPU ms/task and peak RSS are the serving process's: the sidecar process for the "
         "sidecar modes (the gRPC load generator's own CPU is in the JSON), the client process "
         "for cold, floor and sdk-pool. Upstream conns: WebSockets the emulator accepted during "
-        "the measured window. Gap: time between two audio chunks of one task "
+        "the measured window. Other load: CPU (in cores) that processes other than the bench's "
+        "own used meanwhile (the machine is shared). Gap: time between two audio chunks of one "
+        "task "
         f"(the emulator paces them {k['chunk_ms'] * k['realtime_factor']:g} ms apart).",
     ]
     warm = warmup_table(report)

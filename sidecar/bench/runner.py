@@ -10,6 +10,7 @@ warm-up is timed); every other run gets fresh client processes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import math
@@ -24,7 +25,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from sidecar.bench import machine
-from sidecar.bench.procs import Child, ChildError, EmulatorClient, cpu_seconds, peak_rss_mb
+from sidecar.bench.procs import (
+    Child,
+    ChildError,
+    EmulatorClient,
+    cpu_seconds,
+    machine_busy_seconds,
+    peak_rss_mb,
+)
 from sidecar.bench.stats import Row, RunResult, aggregate
 from sidecar.bench.worker import WorkerSpec
 from sidecar.bench.workload import Workload
@@ -63,6 +71,7 @@ class BenchSettings:
     profile_dir: Path | None = None
     log_dir: Path | None = None
     preset: str = "default"
+    label: str = ""  # free text recorded in the report, e.g. what changed since the last run
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.modes) - set(MODES))
@@ -95,6 +104,8 @@ class _Context:
     done: int = 0
     results: list[RunResult] = field(default_factory=list)
     profiles: list[str] = field(default_factory=list)
+    serve_flags: frozenset[str] = frozenset()  # the flags `serve --help` lists
+    sidecar_commands: dict[int, list[str]] = field(default_factory=dict)
 
     def step(self, text: str) -> None:
         self.progress(f"[{self.done + 1}/{self.steps}] {text}")
@@ -149,6 +160,7 @@ async def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, An
             else workload.task_seconds(settings.realtime_factor)
         )
         plan = list(schedule(settings))
+        serve_flags = await _serve_flags(log_dir)
         ctx = _Context(
             settings,
             emulator,
@@ -158,6 +170,7 @@ async def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, An
             log_dir,
             progress,
             steps=sum(len(slot) for _, _, slot in plan),
+            serve_flags=serve_flags,
         )
         for repeat, level, slot in plan:
             if emulator.proc is not None and emulator.proc.returncode is not None:
@@ -185,9 +198,25 @@ async def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, An
         "rows": [row.to_dict() for row in rows],
         "warmup": _warmups(rows),
         "runs": [r.to_dict(samples=False) for r in ctx.results],
+        "sidecar_commands": {str(k): v for k, v in ctx.sidecar_commands.items()},
         "profiles": ctx.profiles,
         "logs": str(log_dir) if (settings.log_dir or failed) else None,
     }
+
+
+async def _serve_flags(log_dir: Path) -> frozenset[str]:
+    """Return the flags this sidecar's ``serve --help`` lists (newer ones need setting)."""
+    child = Child("serve-help", ["-m", "sidecar", "serve", "--help"], log_dir=log_dir)
+    await child.start()
+    assert child.proc is not None
+    assert child.proc.stdout is not None
+    try:
+        async with asyncio.timeout(30):
+            text = (await child.proc.stdout.read()).decode()
+    except TimeoutError:
+        text = ""
+    await child.wait(5)
+    return frozenset(re.findall(r"--[a-z][a-z0-9-]+", text))
 
 
 def _emulator_args(s: BenchSettings) -> list[str]:
@@ -285,12 +314,16 @@ async def _measure(
     emulator_cpu = cpu_seconds(ctx.emulator.pid)
     serving_cpu = cpu_seconds(serving_pid) if serving_pid else 0.0
     profiler = await _start_profiler(ctx, result, serving_pid)
+    machine_busy = machine_busy_seconds()
     await worker.send("go\n")
     data = await worker.json_line("result", timeout=_result_timeout(ctx))
+    machine_busy = machine_busy_seconds() - machine_busy
     if serving_pid:
         result.cpu_s = cpu_seconds(serving_pid) - serving_cpu
         result.peak_rss_mb = peak_rss_mb(serving_pid)
     result.emulator_cpu_s = cpu_seconds(ctx.emulator.pid) - emulator_cpu
+    ours = result.emulator_cpu_s + data["cpu_s"] + (result.cpu_s if serving_pid else 0.0)
+    result.other_cpu_s = max(0.0, machine_busy - ours)
     after = await ctx.client.stats()
     if profiler is not None:
         await profiler.wait(30)
@@ -352,24 +385,30 @@ async def _sidecar_slot(
     before = await ctx.client.wait_quiet(30)
     entry = "sidecar.bench.uvloop_main" if uvloop else "sidecar"
     name = f"{'sidecar-uvloop' if uvloop else 'sidecar'}-L{level}-r{repeat}"
+    serve = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream-url",
+        ctx.client.ws_url,
+        "--pool-min-idle",
+        str(level),
+        "--pool-max-size",
+        str(level),
+        "--acquire-timeout",
+        str(s.acquire_timeout_s),
+    ]
+    if "--max-streams" in ctx.serve_flags and not any(
+        a.startswith("--max-streams") for a in s.sidecar_args
+    ):
+        # Admission must never refuse the bench's own streams (a closed loop can
+        # briefly hold a finished call's slot while its next call arrives).
+        serve += ["--max-streams", str(max(2 * level, 256))]
+    serve += s.sidecar_args
+    ctx.sidecar_commands[level] = ["cosyvoice-sidecar", *serve]
     sidecar = Child(
         name,
-        [
-            "-m",
-            entry,
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream-url",
-            ctx.client.ws_url,
-            "--pool-min-idle",
-            str(level),
-            "--pool-max-size",
-            str(level),
-            "--acquire-timeout",
-            str(s.acquire_timeout_s),
-            *s.sidecar_args,
-        ],
+        ["-m", entry, *serve],
         log_dir=ctx.log_dir,
         env={"DASHSCOPE_API_KEY": API_KEY},
     )

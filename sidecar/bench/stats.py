@@ -49,6 +49,7 @@ class RunResult:
     peak_rss_mb: float = 0.0
     client_cpu_s: float = 0.0
     emulator_cpu_s: float = 0.0
+    other_cpu_s: float = 0.0  # CPU other processes on the machine used during the window
     connections_opened: int = 0  # upstream, during the measured window
     emulator_outcomes: dict[str, int] = field(default_factory=dict)
     warmup_s: float | None = None  # sockets warmed before the window, and how fast
@@ -81,6 +82,7 @@ class Row:
     cpu_ms_per_task: float
     client_cpu_ms_per_task: float
     emulator_cpu_ms_per_task: float
+    other_load_cores: float  # CPU other processes took during the windows, in cores
     peak_rss_mb: float
     connections_opened: int
     warmup_s: float | None
@@ -125,6 +127,7 @@ def aggregate(runs: Sequence[RunResult], intrinsic_ms: float) -> Row:
         cpu_ms_per_task=per_task(sum(r.cpu_s for r in runs)),
         client_cpu_ms_per_task=per_task(sum(r.client_cpu_s for r in runs)),
         emulator_cpu_ms_per_task=per_task(sum(r.emulator_cpu_s for r in runs)),
+        other_load_cores=sum(r.other_cpu_s for r in runs) / elapsed if elapsed > 0 else math.nan,
         peak_rss_mb=max(r.peak_rss_mb for r in runs),
         connections_opened=sum(r.connections_opened for r in runs),
         warmup_s=max(warm) if warm else None,

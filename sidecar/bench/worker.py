@@ -311,7 +311,8 @@ def _run_sdk_pool(spec: WorkerSpec) -> dict[str, Any]:
         finally:
             # Beyond 100 the pool hands out new objects and drops them on return
             # without closing them; close what it drops so sockets do not pile up.
-            if not pool.return_synthesizer(synthesizer):
+            # It returns False when it drops one, and None (not True) when it keeps it.
+            if pool.return_synthesizer(synthesizer) is False:
                 synthesizer.close()
 
     go = threading.Event()

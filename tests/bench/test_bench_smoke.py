@@ -33,6 +33,7 @@ ROW_FIELDS = {
     "cpu_ms_per_task",
     "client_cpu_ms_per_task",
     "emulator_cpu_ms_per_task",
+    "other_load_cores",
     "peak_rss_mb",
     "connections_opened",
     "warmup_s",
@@ -93,6 +94,7 @@ def test_quick_bench_writes_a_complete_report(tmp_path: Path) -> None:
     for level in (1, 4):
         assert rows["cold", level]["connections_opened"] == rows["cold", level]["tasks"]
         assert rows["floor", level]["connections_opened"] == 0
+        assert rows["sdk-pool", level]["connections_opened"] == 0
         assert rows["sidecar", level]["connections_opened"] == 0
 
     warm = {(w["mode"], w["level"]): w for w in report["warmup"]}
