@@ -161,6 +161,70 @@ async def test_entrypoint_serves_with_environment_only(image: Image, tmp_path: P
     assert _snapshot(venv) == before
 
 
+def _kubelet_write(secret_dir: Path, files: Mapping[str, str], generation: int) -> None:
+    """Write a Secret volume's files the way the kubelet does, rotation included.
+
+    Each version lives in a timestamped directory; ``..data`` points at the
+    current one and is swapped by an atomic rename; each visible file is a
+    symlink through ``..data`` (so a mount without subPath sees new content).
+    """
+    version = secret_dir / f"..2026_01_01_00_00_0{generation}.000000000"
+    version.mkdir(parents=True)
+    for name, content in files.items():
+        (version / name).write_text(content + "\n", encoding="utf-8")
+    staging = secret_dir / "..data_tmp"
+    staging.symlink_to(version.name)
+    staging.rename(secret_dir / "..data")
+    for name in files:
+        link = secret_dir / name
+        if not link.is_symlink():
+            link.symlink_to(Path("..data") / name)
+
+
+async def test_entrypoint_follows_a_rotated_secret(image: Image, tmp_path: Path) -> None:
+    """A key rotated in the Secret volume reaches new upstream connections without a restart."""
+    sidecar = sidecar_container(_pod_spec(BASE / "deployment.yaml"))
+    manifest_env = _env(sidecar)
+    key_name = Path(manifest_env["DASHSCOPE_API_KEY_FILE"]).name
+    secret_dir = tmp_path / "secret"
+    _kubelet_write(secret_dir, {key_name: KEY}, generation=1)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    async with Emulator(EmulatorKnobs(api_keys=frozenset({KEY}))) as emulator:
+        env = image.environment(
+            {
+                **manifest_env,
+                "COSYVOICE_SIDECAR_LISTEN": "127.0.0.1:0",
+                "COSYVOICE_SIDECAR_UPSTREAM_URL": emulator.url,
+                "DASHSCOPE_API_KEY_FILE": str(secret_dir / key_name),
+            }
+        )
+        async with _entrypoint(image, env, cwd) as (proc, address):
+            new_key = KEY + "-rotated"
+            _kubelet_write(secret_dir, {key_name: new_key}, generation=2)
+            # From now on only the new key opens a connection; the warm ones are
+            # dropped (idle timeout), so every connection after this uses the file.
+            emulator.update_knobs(api_keys=frozenset({new_key}), idle_timeout_s=0.2)
+            opened = emulator.stats.connections_opened
+            await eventually(
+                lambda: emulator.stats.connections_open == 0, what="old connections closed"
+            )
+            emulator.update_knobs(idle_timeout_s=60.0)
+            deadline = asyncio.get_running_loop().time() + scaled(20)
+            async with AsyncSynthesizerClient(address) as client:
+                while True:
+                    try:
+                        result = await client.synthesize("Rotated.", timeout=scaled(5))
+                        break
+                    except grpc.aio.AioRpcError as exc:
+                        if asyncio.get_running_loop().time() > deadline:
+                            raise AssertionError(f"no synthesis after rotation: {exc}") from exc
+                        await asyncio.sleep(0.2)
+            record = task_record(emulator, result.started.task_id)
+            assert record.connection_id > opened  # a connection opened with the new key
+            assert await _terminate(proc, within=20) == 0
+
+
 async def _probe(command: list[str], env: Mapping[str, str], timeout: float) -> int:
     """Run an exec probe's command as the kubelet would; return its exit code."""
     proc = await asyncio.create_subprocess_exec(
