@@ -1,0 +1,38 @@
+"""OpenTelemetry for the sidecar: spans per call, pool and latency metrics, OTLP export.
+
+One :class:`Telemetry` per server, built by :func:`telemetry_from_env` from
+the standard ``OTEL_*`` variables (off unless an exporter or an OTLP endpoint
+is configured) or, in tests, from in-memory providers; it is passed to the
+pool, the servicer and each session through their constructors. The names of
+spans, attributes and metrics live in ``_names``; the README's telemetry
+section lists them.
+"""
+
+from __future__ import annotations
+
+from sidecar.telemetry._core import PoolCounts, Telemetry
+from sidecar.telemetry._export import ExportSettings, telemetry_from_env
+from sidecar.telemetry._logs import (
+    LOG_FORMATS,
+    JsonFormatter,
+    TextFormatter,
+    TraceContextFilter,
+    configure_logging,
+)
+from sidecar.telemetry._scopes import Borrow, Connect, Return, Synthesis
+
+__all__ = [
+    "LOG_FORMATS",
+    "Borrow",
+    "Connect",
+    "ExportSettings",
+    "JsonFormatter",
+    "PoolCounts",
+    "Return",
+    "Synthesis",
+    "Telemetry",
+    "TextFormatter",
+    "TraceContextFilter",
+    "configure_logging",
+    "telemetry_from_env",
+]

@@ -1,0 +1,128 @@
+"""Span, metric and attribute names: the sidecar's telemetry vocabulary in one place.
+
+``rpc.*``, ``error.type`` and ``server.*`` come from the installed
+semantic-conventions package; the rest are ours: ``cosyvoice.*`` for what the
+sidecar decides (pool, borrow, return, audio delivered), ``dashscope.*`` for
+what the upstream reports (task id, model, voice, billing, error code). No
+name here ever carries the API key or the request text (only its length).
+The README's telemetry section lists the same names.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from opentelemetry.semconv._incubating.attributes.rpc_attributes import (
+    RPC_METHOD,
+    RPC_RESPONSE_STATUS_CODE,
+    RPC_SYSTEM_NAME,
+)
+from opentelemetry.semconv._incubating.metrics.rpc_metrics import RPC_SERVER_CALL_DURATION
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.semconv.attributes.network_attributes import (
+    NETWORK_PEER_ADDRESS,
+    NETWORK_PEER_PORT,
+)
+from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
+
+__all__ = [
+    "ERROR_TYPE",
+    "NETWORK_PEER_ADDRESS",
+    "NETWORK_PEER_PORT",
+    "RPC_METHOD",
+    "RPC_RESPONSE_STATUS_CODE",
+    "RPC_SERVER_CALL_DURATION",
+    "RPC_SYSTEM_NAME",
+    "SERVER_ADDRESS",
+    "SERVER_PORT",
+]
+
+# The instrumentation scope of every tracer and meter.
+SCOPE: Final = "cosyvoice-sidecar"
+
+# ---------------------------------------------------------------- span names
+SPAN_BORROW: Final = "borrow"
+SPAN_SYNTHESIS: Final = "synthesis"
+SPAN_RETURN: Final = "return"
+SPAN_CONNECT: Final = "connect"
+SPAN_RENEW: Final = "renew"
+
+# ------------------------------------------------ attributes: the sidecar's own
+REQUEST_ID: Final = "cosyvoice.request_id"
+CONNECTION_ID: Final = "cosyvoice.connection.id"
+# Pool counts at the moment a borrow began.
+POOL_IDLE: Final = "cosyvoice.pool.idle"
+POOL_BUSY: Final = "cosyvoice.pool.busy"
+POOL_OPENING: Final = "cosyvoice.pool.opening"
+POOL_WAITERS: Final = "cosyvoice.pool.waiters"
+POOL_MAX_SIZE: Final = "cosyvoice.pool.max_size"
+# borrow: warm | opened | exhausted | closed | cancelled | error
+BORROW_RESULT: Final = "cosyvoice.borrow.result"
+BORROW_WAIT_MS: Final = "cosyvoice.borrow.wait_ms"
+BORROW_WARM: Final = "cosyvoice.borrow.warm"
+BORROW_OPENED: Final = "cosyvoice.borrow.opened_connection"
+AUDIO_FORMAT: Final = "cosyvoice.audio.format"
+AUDIO_SAMPLE_RATE: Final = "cosyvoice.audio.sample_rate"
+AUDIO_BYTES: Final = "cosyvoice.audio.bytes"
+AUDIO_CHUNKS: Final = "cosyvoice.audio.chunks"
+FIRST_AUDIO_MS: Final = "cosyvoice.first_audio_ms"
+SENTENCES: Final = "cosyvoice.sentences"
+TEXT_CHARACTERS: Final = "cosyvoice.text.characters"
+# synthesis: finished | failed | cancelled | broken | not_started
+SYNTHESIS_OUTCOME: Final = "cosyvoice.synthesis.outcome"
+# return: returned | discarded, and why
+RETURN_RESULT: Final = "cosyvoice.return.result"
+RETURN_REASON: Final = "cosyvoice.return.reason"
+# connect: caller | warm | replenish | renewal | retry ...
+CONNECT_PURPOSE: Final = "cosyvoice.connect.purpose"
+CONNECT_MS: Final = "cosyvoice.connect.ms"
+# connect: ok | auth_error | unavailable | cancelled | error
+CONNECT_RESULT: Final = "cosyvoice.connect.result"
+CONNECTION_STATE: Final = "cosyvoice.connection.state"
+CLOSE_REASON: Final = "cosyvoice.connection.close_reason"
+
+# ------------------------------------------- attributes: what DashScope reports
+TASK_ID: Final = "dashscope.task_id"
+MODEL: Final = "dashscope.model"
+VOICE: Final = "dashscope.voice"
+BILLED_CHARACTERS: Final = "dashscope.billed_characters"
+ERROR_CODE: Final = "dashscope.error_code"
+
+# ------------------------------------------------------------------- metrics
+METRIC_TIME_TO_FIRST_AUDIO: Final = "cosyvoice.synthesis.time_to_first_audio"
+METRIC_SYNTHESIS_DURATION: Final = "cosyvoice.synthesis.duration"
+METRIC_TASKS: Final = "cosyvoice.synthesis.tasks"
+METRIC_WAIT_TIME: Final = "cosyvoice.pool.connection.wait_time"
+METRIC_USE_TIME: Final = "cosyvoice.pool.connection.use_time"
+METRIC_CREATE_TIME: Final = "cosyvoice.pool.connection.create_time"
+METRIC_CONNECTION_COUNT: Final = "cosyvoice.pool.connection.count"
+METRIC_PENDING_REQUESTS: Final = "cosyvoice.pool.connection.pending_requests"
+METRIC_CONNECTION_MAX: Final = "cosyvoice.pool.connection.max"
+METRIC_IDLE_MIN: Final = "cosyvoice.pool.connection.idle.min"
+METRIC_TIMEOUTS: Final = "cosyvoice.pool.connection.timeouts"
+METRIC_CLOSED: Final = "cosyvoice.pool.connection.closed"
+
+# Histogram buckets in seconds: a warm borrow takes well under a millisecond,
+# a cold connect tens to hundreds, a long synthesis tens of seconds.
+LATENCY_BUCKETS_S: Final = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)

@@ -1,0 +1,348 @@
+"""The scopes the pool and the session open: borrow, synthesis, return, connect.
+
+Each records its span attributes and its measurements in one place, so the
+call sites stay one ``with`` and one or two method calls. Every scope is a
+no-op when its :class:`~sidecar.telemetry.Telemetry` is disabled (then the
+shared singletons in ``_core`` are handed out and never change).
+
+A scope that makes its span current (borrow, return, connect) attaches it on
+``__enter__`` and detaches it on ``__exit__``; the code between must not
+yield to a caller, which holds for every call site (they wrap awaits, not
+``yield``). The synthesis span spans ``yield``s, so it is never made current
+except around the short stretches :meth:`Synthesis.activate` wraps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
+from sidecar.errors import (
+    PoolClosed,
+    PoolExhausted,
+    UpstreamAuthError,
+    UpstreamTaskFailed,
+    UpstreamUnavailable,
+)
+from sidecar.telemetry import _names as n
+
+if TYPE_CHECKING:
+    from contextvars import Token
+
+    from sidecar.telemetry._core import PoolCounts, Telemetry
+
+__all__ = ["Borrow", "Connect", "Return", "Synthesis", "error_status"]
+
+# Synthesis outcomes that mean the task itself went wrong (span status ERROR).
+_FAILED_OUTCOMES = frozenset({"failed", "broken"})
+
+
+def error_status(span: trace.Span, exc: BaseException, *, failed: bool = True) -> None:
+    """Set ``error.type`` to the exception's class; with ``failed``, the ERROR status too."""
+    span.set_attribute(n.ERROR_TYPE, type(exc).__name__)
+    if failed:
+        span.set_status(Status(StatusCode.ERROR, str(exc) or type(exc).__name__))
+
+
+class _Current:
+    """A span made current between ``__enter__`` and ``__exit__``."""
+
+    __slots__ = ("_span", "_token")
+
+    def __init__(self, span: trace.Span) -> None:
+        self._span = span
+        self._token: Token[otel_context.Context] | None = None
+
+    def enter(self) -> None:
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+
+    def leave(self) -> None:
+        if self._token is not None:
+            otel_context.detach(self._token)
+            self._token = None
+        self._span.end()
+
+
+class Borrow:
+    """The ``borrow`` span and the pool wait-time measurement of one call."""
+
+    def __init__(self, telemetry: Telemetry, counts: PoolCounts | None) -> None:
+        self._t = telemetry
+        self._counts = counts
+        self._started = 0.0
+        self._result = ""
+        self._current: _Current | None = None
+
+    def __enter__(self) -> Borrow:
+        if not self._t.enabled:
+            return self
+        self._started = time.monotonic()
+        if self._t.tracing:
+            c = self._counts
+            attributes = (
+                {
+                    n.POOL_IDLE: c.idle,
+                    n.POOL_BUSY: c.busy,
+                    n.POOL_OPENING: c.opening,
+                    n.POOL_WAITERS: c.waiters,
+                    n.POOL_MAX_SIZE: c.max_size,
+                }
+                if c is not None
+                else None
+            )
+            self._current = _Current(
+                self._t.tracer.start_span(n.SPAN_BORROW, attributes=attributes)
+            )
+            self._current.enter()
+        return self
+
+    def borrowed(self, *, connection_id: int, warm: bool, wait_ms: float) -> None:
+        """Record what the borrow got: a warm idle connection, or one opened for it."""
+        if not self._t.enabled:
+            return
+        self._result = "warm" if warm else "opened"
+        if self._current is not None:
+            self._current._span.set_attributes(
+                {
+                    n.CONNECTION_ID: connection_id,
+                    n.BORROW_WARM: warm,
+                    n.BORROW_OPENED: not warm,
+                    n.BORROW_WAIT_MS: wait_ms,
+                }
+            )
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._t.enabled:
+            return
+        wait_s = time.monotonic() - self._started
+        result = self._result or _borrow_result(exc)
+        self._t.wait_time.record(wait_s, {n.BORROW_RESULT: result})
+        if result == "exhausted":
+            self._t.timeouts.add(1)
+        if self._current is None:
+            return
+        span = self._current._span
+        span.set_attribute(n.BORROW_RESULT, result)
+        if not self._result:
+            span.set_attribute(n.BORROW_WAIT_MS, wait_s * 1000)
+        if exc is not None:
+            error_status(span, exc, failed=result != "cancelled")
+        self._current.leave()
+
+
+def _borrow_result(exc: BaseException | None) -> str:
+    if isinstance(exc, PoolExhausted):
+        return "exhausted"
+    if isinstance(exc, PoolClosed):
+        return "closed"
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        return "cancelled"
+    return "error"
+
+
+class Synthesis:
+    """The ``synthesis`` span of one DashScope task, and the task measurements."""
+
+    def __init__(
+        self, telemetry: Telemetry, span: trace.Span, *, model: str, call_started: float
+    ) -> None:
+        self._t = telemetry
+        self._span = span
+        self._model = model
+        self._call_started = call_started
+        self._started = time.monotonic()
+        self._ended = False
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[None]:
+        """Make the span current in this block (tasks created inside inherit it)."""
+        if not self._t.tracing:
+            yield
+            return
+        token = otel_context.attach(trace.set_span_in_context(self._span))
+        try:
+            yield
+        finally:
+            otel_context.detach(token)
+
+    def started(self, *, task_id: str, connection_id: int) -> None:
+        """Record that DashScope answered task-started."""
+        if self._t.tracing:
+            self._span.set_attributes({n.TASK_ID: task_id, n.CONNECTION_ID: connection_id})
+
+    def end(
+        self,
+        *,
+        outcome: str,
+        error: BaseException | None,
+        billed_characters: int | None,
+        text_characters: int,
+        first_audio_ms: float | None,
+        audio_bytes: int,
+        audio_chunks: int,
+        sentences: int,
+    ) -> None:
+        """End the span and record the task (once; later calls do nothing).
+
+        ``outcome``: finished (task-finished), failed (task-failed), cancelled
+        (the sidecar cancelled it upstream, e.g. the caller left), broken
+        (the connection dropped or timed out before the task ended),
+        not_started (no task-started came).
+        """
+        if not self._t.enabled or self._ended:
+            return
+        self._ended = True
+        duration_s = time.monotonic() - self._started
+        error_code = error.code if isinstance(error, UpstreamTaskFailed) else None
+        counted = {n.SYNTHESIS_OUTCOME: outcome, n.MODEL: self._model}
+        if self._t.metering:
+            self._t.tasks.add(1, {**counted, n.ERROR_CODE: error_code} if error_code else counted)
+            self._t.synthesis_duration.record(duration_s, counted)
+            if first_audio_ms:
+                self._t.time_to_first_audio.record(first_audio_ms / 1000, {n.MODEL: self._model})
+        if not self._t.tracing:
+            return
+        span = self._span
+        span.set_attributes(
+            {
+                n.SYNTHESIS_OUTCOME: outcome,
+                n.TEXT_CHARACTERS: text_characters,
+                n.AUDIO_BYTES: audio_bytes,
+                n.AUDIO_CHUNKS: audio_chunks,
+                n.SENTENCES: sentences,
+            }
+        )
+        if billed_characters is not None:
+            span.set_attribute(n.BILLED_CHARACTERS, billed_characters)
+        if first_audio_ms:
+            span.set_attribute(n.FIRST_AUDIO_MS, first_audio_ms)
+        if error_code:
+            span.set_attribute(n.ERROR_CODE, error_code)
+        if error is not None:
+            error_status(span, error, failed=outcome in _FAILED_OUTCOMES)
+        span.end()
+
+
+class Return:
+    """The ``return`` span: the connection kept for reuse or discarded, and why."""
+
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        connection_id: int,
+        *,
+        kept: bool,
+        reason: str,
+        held_s: float | None,
+    ) -> None:
+        self._t = telemetry
+        self._connection_id = connection_id
+        self._kept = kept
+        self._reason = reason
+        self._held_s = held_s
+        self._current: _Current | None = None
+
+    def __enter__(self) -> Return:
+        if self._t.tracing:
+            span = self._t.tracer.start_span(
+                n.SPAN_RETURN,
+                attributes={
+                    n.CONNECTION_ID: self._connection_id,
+                    n.RETURN_RESULT: "returned" if self._kept else "discarded",
+                    n.RETURN_REASON: self._reason,
+                },
+            )
+            self._current = _Current(span)
+            self._current.enter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._t.metering and self._held_s is not None:
+            self._t.use_time.record(self._held_s)
+        if self._current is not None:
+            if exc is not None:
+                error_status(self._current._span, exc)
+            self._current.leave()
+
+
+class Connect:
+    """One upstream connect (or a renewal around one): span and create-time measurement."""
+
+    def __init__(
+        self, telemetry: Telemetry, purpose: str, span: trace.Span, *, measure: bool = True
+    ) -> None:
+        self._t = telemetry
+        self._purpose = purpose
+        self._measure = measure
+        self._current = _Current(span)
+        self._started = 0.0
+
+    @property
+    def span(self) -> trace.Span:
+        return self._current._span
+
+    def __enter__(self) -> Connect:
+        if self._t.enabled:
+            self._started = time.monotonic()
+            if self._t.tracing:
+                self._current.enter()
+        return self
+
+    def opened(self, connection_id: int) -> None:
+        """Record the id of the connection that was opened."""
+        if self._t.tracing:
+            self.span.set_attribute(n.CONNECTION_ID, connection_id)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._t.enabled:
+            return
+        seconds = time.monotonic() - self._started
+        result = _connect_result(exc)
+        if self._measure and self._t.metering:
+            self._t.create_time.record(
+                seconds, {n.CONNECT_PURPOSE: self._purpose, n.CONNECT_RESULT: result}
+            )
+        if not self._t.tracing:
+            return
+        span = self.span
+        span.set_attribute(n.CONNECT_RESULT, result)
+        if self._measure:
+            span.set_attribute(n.CONNECT_MS, seconds * 1000)
+        if exc is not None:
+            error_status(span, exc, failed=result != "cancelled")
+        self._current.leave()
+
+
+def _connect_result(exc: BaseException | None) -> str:
+    if exc is None:
+        return "ok"
+    if isinstance(exc, UpstreamAuthError):
+        return "auth_error"
+    if isinstance(exc, UpstreamUnavailable):
+        return "unavailable"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return "error"
