@@ -20,6 +20,8 @@ PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 GRPCURL := github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4
 BUF := github.com/bufbuild/buf/cmd/buf@v1.75.0
+# v5.8.3 needs Go >= 1.27; v5.8.2 builds with the machine's Go 1.26.
+KUSTOMIZE := sigs.k8s.io/kustomize/kustomize/v5@v5.8.2
 
 .PHONY: run test venv tools proto proto-check lint typecheck test-python test-go test-java bench clean
 
@@ -50,6 +52,7 @@ $(TOOLS)/.installed: Makefile
 	go install $(PROTOC_GEN_GO_GRPC)
 	go install $(GRPCURL)
 	go install $(BUF)
+	go install $(KUSTOMIZE)
 	touch $@
 
 # Regenerate every language's checked-in code from protos/ (Java generates at build time).

@@ -83,6 +83,7 @@ class Config:
     listen: str = "127.0.0.1:50051"
     upstream_url: str = REGIONS["beijing"]
     api_key: Secret | None = field(default=None)
+    api_key_file: str | None = None
     auth_token: Secret | None = field(default=None)
     emulator: bool = False
     tls_cert: str | None = None
@@ -92,6 +93,13 @@ class Config:
     pool_min_idle: int = 2
     pool_max_size: int = 32
     acquire_timeout_s: float = 5.0
+    pool_max_idle_age_s: float = 25.0
+    pool_max_lifetime_s: float = 600.0
+    pool_shrink_after_s: float = 15.0
+    pool_connect_burst: int = 32
+    pool_connect_rate: float = 32.0
+    pool_auth_probe_interval_s: float = 30.0
+    pool_lease_stall_s: float = 60.0
     connect_timeout_s: float = 5.0
     start_timeout_s: float = 10.0
     finish_timeout_s: float = 60.0
@@ -113,6 +121,12 @@ class Config:
             raise ConfigError('"pool_min_idle" must be between 0 and "pool_max_size"')
         for name in (
             "acquire_timeout_s",
+            "pool_max_idle_age_s",
+            "pool_max_lifetime_s",
+            "pool_shrink_after_s",
+            "pool_connect_rate",
+            "pool_auth_probe_interval_s",
+            "pool_lease_stall_s",
             "connect_timeout_s",
             "start_timeout_s",
             "finish_timeout_s",
@@ -131,6 +145,8 @@ class Config:
             raise ConfigError(f'"default_sample_rate" must be one of {rates}')
         if not self.upstream_url.startswith(("ws://", "wss://")):
             raise ConfigError('"upstream_url" must start with ws:// or wss://')
+        if self.pool_connect_burst < 1:
+            raise ConfigError('"pool_connect_burst" must be >= 1')
         if self.max_streams < 1:
             raise ConfigError('"max_streams" must be >= 1')
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -177,6 +193,26 @@ OPTIONS: Final = (
     Option("pool_min_idle", "warm upstream connections kept open and idle", int),
     Option("pool_max_size", "hard cap on upstream connections (your DashScope quota)", int),
     Option("acquire_timeout_s", "seconds a call waits for a free connection", float),
+    Option(
+        "pool_max_idle_age_s",
+        "renew an idle connection after this long unused (jittered 20%% earlier; "
+        "below DashScope's idle limit)",
+        float,
+    ),
+    Option("pool_max_lifetime_s", "renew a connection this long after it opened", float),
+    Option("pool_shrink_after_s", "close spare idle connections beyond the target after", float),
+    Option("pool_connect_burst", "connects allowed at once (token bucket burst)", int),
+    Option("pool_connect_rate", "connects per second after the burst", float),
+    Option(
+        "pool_auth_probe_interval_s",
+        "after a refused key, seconds between probes (the key file is watched too)",
+        float,
+    ),
+    Option(
+        "pool_lease_stall_s",
+        "reclaim a borrowed connection whose call shows no activity for this long",
+        float,
+    ),
     Option("connect_timeout_s", "seconds allowed for one upstream connect + handshake", float),
     Option("start_timeout_s", "seconds to wait for task-started after run-task", float),
     Option("finish_timeout_s", "seconds to wait for task-finished after the last text", float),
@@ -266,6 +302,7 @@ def config_from_args(
             raise ConfigError(f"region must be one of {', '.join(sorted(REGIONS))}")
         values["upstream_url"] = REGIONS[region]
     values["api_key"] = _read_secret(env, API_KEY_ENV, API_KEY_FILE_ENV)
+    values["api_key_file"] = env.get(API_KEY_FILE_ENV) or None
     values["auth_token"] = _read_secret(env, AUTH_TOKEN_ENV, AUTH_TOKEN_FILE_ENV)
     if values["api_key"] is None and not emulator:
         raise ConfigError(

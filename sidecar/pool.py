@@ -1,56 +1,90 @@
 """The pool of warm upstream connections.
 
 Three nouns, as in httpcore: the pool (this module) lends connections
-(``sidecar.upstream``) to calls (``sidecar.servicer``). Every change of the
-pool's state happens in one synchronous step between awaits (asyncio runs one
-step at a time, so no lock is needed); the I/O that follows (opening,
-closing) runs in tasks outside that step, shielded from the caller's
-cancellation, so a caller that hangs up never leaves the counts wrong.
+(``sidecar.upstream``) to calls (``sidecar.session``) as leases. Every change
+of the pool's state happens in one synchronous step between awaits (asyncio
+runs one step at a time, so no lock is needed): :meth:`Pool._tick` decides
+what to open, renew, shrink, reclaim and close; the I/O that follows runs in
+tasks outside that step, shielded from callers' cancellation, so a caller
+that hangs up never leaves the counts wrong.
+
+Policies (defaults in :class:`PoolPolicy`, each a ``serve`` option):
+
+* **Sizing**: at most ``max_size`` sockets, ever (it is the account's
+  concurrency quota). ``min_idle`` warm spares are kept *above* the number in
+  use (target = busy + min_idle, capped), so a burst finds warm sockets;
+  spares beyond the target are closed after ``shrink_after`` seconds idle.
+* **Warm-up** in parallel through a token bucket (``connect_burst``,
+  ``connect_rate``), after one first connect has proven the key and the
+  upstream: a cold start or mass reconnect never becomes a storm.
+* **Renewal, make-before-break**: an idle socket nearing ``max_idle_age``
+  (jittered, below the server's idle limit) or ``max_lifetime`` gets its
+  replacement opened first; only then is it closed with code 1000. With no
+  room under ``max_size`` it is closed first (never over quota).
+* **Staleness**: a socket the server closed is seen without a round trip
+  (its state) and discarded at borrow time.
+* **Failures**: jittered exponential backoff on connect errors; a breaker on a
+  refused key (HTTP 401/403) stops connecting, probes every
+  ``auth_probe_interval`` and at once when the key file changes.
+* **Leases**: a borrowed socket whose call shows no activity for
+  ``lease_stall`` seconds is reclaimed (closed, its call ended).
 
 Invariants, asserted by the tests after every cancellation scenario:
-
-* ``idle + busy + opening <= max_size``: never more sockets than the quota.
-* a connection is in at most one of idle / busy; a closed one is in neither.
-* the pool only reads :attr:`UpstreamConnection.reusable` to decide between
-  idle and close; it never re-derives the reuse rule.
+``idle + busy + opening <= max_size``; a connection is in at most one of idle /
+busy; the pool reads :attr:`UpstreamConnection.reusable` and never re-derives
+the reuse rule.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sidecar.errors import PoolClosed, PoolExhausted, UpstreamAuthError, UpstreamError
+from sidecar.retry import Breaker, TokenBucket, backoff_delays
 from sidecar.upstream import UpstreamConnection
 
-__all__ = ["Borrowed", "Pool", "PoolStatus"]
+__all__ = ["Lease", "Pool", "PoolPolicy", "PoolStatus"]
 
 log = logging.getLogger(__name__)
 
 Connector = Callable[[], Awaitable[UpstreamConnection]]
 
-# Background reconnect pauses: exponential, capped, so a dead upstream is
-# probed a few times a minute at most instead of in a tight loop.
-_BACKOFF_INITIAL_S = 0.2
-_BACKOFF_MAX_S = 10.0
-
 
 @dataclass(frozen=True)
-class Borrowed:
-    """A connection on loan, with how it was obtained (for Started and telemetry)."""
+class PoolPolicy:
+    """How the pool sizes, renews and protects its connections (times in seconds)."""
 
-    connection: UpstreamConnection
-    warm: bool  # True: it was idle and open already; False: opened for this call
-    wait_ms: float
+    min_idle: int = 2
+    max_size: int = 32
+    acquire_timeout: float = 5.0
+    # DashScope closes idle sockets after an unconfirmed delay (§7; the SDK
+    # renews after 25-35 s): renew well before, jittered so renewals spread.
+    max_idle_age: float = 25.0
+    max_lifetime: float = 600.0
+    age_jitter: float = 0.2
+    shrink_after: float = 15.0
+    connect_burst: int = 32
+    connect_rate: float = 32.0
+    backoff_initial: float = 0.2
+    backoff_max: float = 10.0
+    auth_probe_interval: float = 30.0
+    lease_stall: float = 60.0
+    tick: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_idle <= self.max_size or self.max_size < 1:
+            raise ValueError("need 0 <= min_idle <= max_size and max_size >= 1")
 
 
 @dataclass(frozen=True)
 class PoolStatus:
-    """A read-only snapshot of the pool's counts."""
+    """A read-only snapshot of the pool's counts (operators, telemetry, tests)."""
 
     idle: int
     busy: int
@@ -59,45 +93,79 @@ class PoolStatus:
     waiters: int
     max_size: int
     min_idle: int
+    ready: bool
+    breaker_open: bool
+    last_error: str
+    opened_total: int
+    closed_total: dict[str, int] = field(default_factory=dict)
+    stale_retries: int = 0
+
+
+class Lease:
+    """One borrowed connection: how it was obtained and when its call last did something."""
+
+    __slots__ = ("connection", "last_activity", "on_reclaim", "wait_ms", "warm")
+
+    def __init__(self, connection: UpstreamConnection, *, warm: bool, wait_ms: float) -> None:
+        self.connection = connection
+        self.warm = warm  # True: it was idle and open already; False: opened for this call
+        self.wait_ms = wait_ms
+        self.last_activity = time.monotonic()
+        self.on_reclaim: Callable[[], None] | None = None
+
+    def touch(self) -> None:
+        """Record activity of the call (keeps the lease from being reclaimed)."""
+        self.last_activity = time.monotonic()
 
 
 class Pool:
-    """Warm DashScope connections, at most ``max_size``, ``min_idle`` kept spare.
-
-    The pool keeps at least ``min_idle`` connections open (more while more are
-    busy), capped at ``max_size``; connections are opened in parallel in the
-    background whenever the pool is below that target, e.g. after a failed
-    task's connection was discarded. A connection on loan counts as coming
-    back, so sequential calls reuse the same warm sockets and open none.
-    """
+    """Warm DashScope connections; see the module docstring for the policies."""
 
     def __init__(
         self,
         connector: Connector,
+        policy: PoolPolicy,
         *,
-        min_idle: int,
-        max_size: int,
-        acquire_timeout: float,
+        key_changed: Callable[[], bool] = lambda: False,
+        rng: random.Random | None = None,
     ) -> None:
-        if not 0 <= min_idle <= max_size or max_size < 1:
-            raise ValueError("need 0 <= min_idle <= max_size and max_size >= 1")
         self._connector = connector
-        self.min_idle = min_idle
-        self.max_size = max_size
-        self.acquire_timeout = acquire_timeout
+        self.policy = policy
+        self._key_changed = key_changed
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._idle: deque[UpstreamConnection] = deque()
-        self._busy: set[UpstreamConnection] = set()
+        self._busy: dict[UpstreamConnection, Lease] = {}
         self._opening = 0
         self._closing: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._waiters: deque[asyncio.Future[UpstreamConnection]] = deque()
-        self._background: set[asyncio.Task[None]] = set()
+        self._renewing: set[UpstreamConnection] = set()
+        self._renew_at: dict[UpstreamConnection, float] = {}
+        self._idle_since: dict[UpstreamConnection, float] = {}
+        self._bucket = TokenBucket(policy.connect_rate, policy.connect_burst)
+        self._breaker = Breaker(policy.auth_probe_interval)
+        self._auth_error: UpstreamAuthError | None = None
+        self._backoff = backoff_delays(policy.backoff_initial, policy.backoff_max, self._rng)
+        self._retry_after = 0.0
+        self._failures = 0
+        self._warmed_once = False
+        self._ready_changed = asyncio.Event()
         self._closed = False
-        self._backoff_s = 0.0
-        self._retry_handle: asyncio.TimerHandle | None = None
-        self._warm = asyncio.Event()
+        self._maintainer: asyncio.Task[None] | None = None
         self.last_error: UpstreamError | None = None
+        self._opened_total = 0
+        self._closed_total: Counter[str] = Counter()
+        self._stale_retries = 0
 
     # ------------------------------------------------------------------ status
+
+    @property
+    def min_idle(self) -> int:
+        return self.policy.min_idle
+
+    @property
+    def max_size(self) -> int:
+        return self.policy.max_size
 
     def __repr__(self) -> str:
         s = self.status()
@@ -112,50 +180,76 @@ class Pool:
             busy=len(self._busy),
             opening=self._opening,
             closing=len(self._closing),
-            waiters=sum(1 for w in self._waiters if not w.done()),
+            waiters=self._live_waiters(),
             max_size=self.max_size,
             min_idle=self.min_idle,
+            ready=self.ready,
+            breaker_open=self._breaker.is_open,
+            last_error=str(self.last_error) if self.last_error else "",
+            opened_total=self._opened_total,
+            closed_total=dict(self._closed_total),
+            stale_retries=self._stale_retries,
         )
 
     @property
     def ready(self) -> bool:
-        """Return True once ``min_idle`` connections have been warm at the same time."""
-        return self._warm.is_set() and not self._closed
+        """Return True while the pool can serve warm: health SERVING.
+
+        False before ``min_idle`` sockets were first warm, while the key is
+        refused, and while the upstream cannot be reached and fewer than
+        ``min_idle`` sockets are open; a routine replacement does not flap it.
+        """
+        if self._closed or self._breaker.is_open or not self._warmed_once:
+            return False
+        return self._failures == 0 or len(self._idle) + len(self._busy) >= self.min_idle
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for :attr:`ready`; return whether it is."""
-        try:
-            async with asyncio.timeout(timeout):
-                await self._warm.wait()
-        except TimeoutError:
-            pass
-        return self.ready
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.ready:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self._ready_changed.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._ready_changed.wait()
+            except TimeoutError:
+                return self.ready
+        return True
+
+    def note_stale_retry(self) -> None:
+        """Count a call transparently retried on a fresh socket after a stale one failed."""
+        self._stale_retries += 1
 
     # --------------------------------------------------------------- life cycle
 
     def start(self) -> None:
-        """Begin warming ``min_idle`` connections in parallel (returns at once)."""
+        """Begin warming up and maintaining the pool (returns at once)."""
         if self.min_idle == 0:
-            self._warm.set()
-        self._replenish()
+            self._warmed_once = True
+        self._tick()
+        self._maintainer = asyncio.get_running_loop().create_task(self._maintain())
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """Close every connection with code 1000 and wait for the closes (bounded)."""
         self._closed = True
-        if self._retry_handle is not None:
-            self._retry_handle.cancel()
+        self._signal_ready()
+        if self._maintainer is not None:
+            self._maintainer.cancel()
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_exception(PoolClosed("the sidecar is shutting down"))
         self._waiters.clear()
-        for task in list(self._background):
+        for task in list(self._tasks):
             task.cancel()
         while self._idle:
-            self._close(self._idle.popleft())
+            self._close(self._idle.popleft(), "shutdown")
         for connection in list(self._busy):
             # Calls still running get a transport error, which is the truth.
-            self._close(connection)
-        pending = self._closing | self._background
+            self._close(connection, "shutdown")
+        pending = self._closing | self._tasks
         if pending:
             _, still = await asyncio.wait(pending, timeout=timeout)
             if still:
@@ -163,22 +257,30 @@ class Pool:
 
     # ----------------------------------------------------------------- lending
 
-    async def acquire(self, timeout: float | None = None) -> Borrowed:
+    async def acquire(self, timeout: float | None = None, *, fresh: bool = False) -> Lease:
         """Borrow a connection, waiting in FIFO order for at most ``timeout`` seconds.
 
-        Raises :class:`PoolExhausted` when none frees up in time,
-        :class:`PoolClosed` during shutdown, and the upstream's error when a
-        connection opened for this call fails to open.
+        ``fresh`` skips idle sockets (a retry after a stale one). Raises
+        :class:`PoolExhausted` when none frees up in time,
+        :class:`PoolClosed` during shutdown, :class:`UpstreamAuthError` while
+        the key is refused, and the upstream's error when a connection opened
+        for this call fails.
         """
         if self._closed:
             raise PoolClosed("the sidecar is shutting down")
+        if self._auth_error is not None:
+            raise self._auth_error
         started = time.monotonic()
-        connection = self._take_idle()
+        bound = (
+            self.policy.acquire_timeout
+            if timeout is None
+            else min(timeout, self.policy.acquire_timeout)
+        )
+        connection = None if fresh else self._take_idle()
         if connection is not None:
             return self._lend(connection, warm=True, started=started)
         if self._total() < self.max_size:
-            return await self._open_for_caller(started)
-        bound = self.acquire_timeout if timeout is None else min(timeout, self.acquire_timeout)
+            return await self._open_for_caller(started, bound)
         waiter: asyncio.Future[UpstreamConnection] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
@@ -196,55 +298,144 @@ class Pool:
                     retry_after_s=1.0,
                 ) from exc
             raise
-        return self._lend(connection, warm=True, started=started, handed=True)
+        lease = self._busy[connection]
+        lease.wait_ms = (time.monotonic() - started) * 1000
+        return lease
 
     def release(self, connection: UpstreamConnection) -> None:
         """Return a borrowed connection: to the next waiter or idle if reusable, else close it."""
-        if connection not in self._busy:
+        if self._busy.pop(connection, None) is None:
             return
-        self._busy.discard(connection)
         if self._closed or not connection.reusable:
-            self._close(connection)
-        elif not self._hand_to_waiter(connection):
-            self._idle.append(connection)
-        self._replenish()
+            self._close(connection, "failed")
+        else:
+            self._make_idle(connection)
+        self._tick()
 
-    # ------------------------------------------------------------- internals
+    # ------------------------------------------------------------ the one step
+
+    def _tick(self) -> None:
+        """Decide and start everything the pool should do now (no awaiting)."""
+        if self._closed:
+            return
+        now = time.monotonic()
+        if self._key_changed() and self._breaker.is_open:
+            self._breaker.probe_now()
+            self._retry_after = 0.0
+        self._drop_stale_idle()
+        self._reclaim_stalled_leases(now)
+        target = min(len(self._busy) + self.min_idle + self._live_waiters(), self.max_size)
+        self._shrink(now, target)
+        self._renew(now)
+        if self._breaker.is_open:
+            if self._opening == 0 and self._breaker.allow_probe(now):
+                self._start_open(reason="probe")
+            return
+        if now < self._retry_after:
+            return
+        deficit = target - self._total()
+        if self._opened_total == 0 or self._failures:
+            # Until a connect has succeeded (first start, upstream down, a key
+            # not yet proven), one attempt at a time: a bad key or a dead
+            # upstream costs one handshake per backoff step, never a storm.
+            deficit = min(deficit, 1 - self._opening)
+        for _ in range(deficit):
+            self._start_open(reason="warm")
+
+    def _drop_stale_idle(self) -> None:
+        for connection in [c for c in self._idle if not c.reusable]:
+            self._idle.remove(connection)
+            log.info("discarding %r: the server closed it while idle", connection)
+            self._close(connection, "stale")
+
+    def _reclaim_stalled_leases(self, now: float) -> None:
+        limit = self.policy.lease_stall
+        for connection, lease in list(self._busy.items()):
+            if now - lease.last_activity > limit:
+                log.warning("reclaiming %r: its call showed no activity for %gs", connection, limit)
+                del self._busy[connection]
+                self._close(connection, "reclaimed")
+                if lease.on_reclaim is not None:
+                    lease.on_reclaim()
+
+    def _shrink(self, now: float, target: int) -> None:
+        excess = len(self._idle) + len(self._busy) - target
+        # The longest-idle sockets sit at the left end of the deque.
+        while excess > 0 and self._idle:
+            oldest = self._idle[0]
+            if now - self._idle_since.get(oldest, now) < self.policy.shrink_after:
+                break
+            self._idle.popleft()
+            self._close(oldest, "shrunk")
+            excess -= 1
+
+    def _renew(self, now: float) -> None:
+        for connection in list(self._idle):
+            if connection in self._renewing or now < self._renew_at.get(connection, now + 1):
+                continue
+            if self._total() < self.max_size and not self._breaker.is_open:
+                self._renewing.add(connection)  # make before break
+                self._start_open(reason="renewal", replaces=connection)
+            else:
+                self._idle.remove(connection)  # no room under the quota: break, then make
+                self._close(connection, "renewed")
+
+    # -------------------------------------------------------------- internals
 
     def _total(self) -> int:
         return len(self._idle) + len(self._busy) + self._opening
 
+    def _live_waiters(self) -> int:
+        return sum(1 for w in self._waiters if not w.done())
+
     def _take_idle(self) -> UpstreamConnection | None:
         while self._idle:
-            connection = self._idle.popleft()  # FIFO: the longest idle first, kept fresh
+            connection = self._idle.pop()  # the most recently used: its socket is surest
             if connection.reusable:
                 return connection
-            log.info("discarding stale idle %r", connection)
-            self._close(connection)
+            log.info("discarding %r: the server closed it while idle", connection)
+            self._close(connection, "stale")
         return None
 
-    def _lend(
-        self,
-        connection: UpstreamConnection,
-        *,
-        warm: bool,
-        started: float,
-        handed: bool = False,
-    ) -> Borrowed:
-        if not handed:
-            self._busy.add(connection)
-        self._replenish()
-        return Borrowed(connection, warm=warm, wait_ms=(time.monotonic() - started) * 1000)
+    def _lend(self, connection: UpstreamConnection, *, warm: bool, started: float) -> Lease:
+        self._renewing.discard(connection)
+        lease = Lease(connection, warm=warm, wait_ms=(time.monotonic() - started) * 1000)
+        self._busy[connection] = lease
+        self._tick()
+        return lease
 
-    async def _open_for_caller(self, started: float) -> Borrowed:
+    def _make_idle(self, connection: UpstreamConnection) -> None:
+        """Hand a reusable connection to the first waiter, else put it idle."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._busy[connection] = Lease(connection, warm=True, wait_ms=0.0)
+                waiter.set_result(connection)
+                return
+        now = time.monotonic()
+        self._idle.append(connection)
+        self._idle_since[connection] = now
+        jitter = 1 - self.policy.age_jitter * self._rng.random()
+        self._renew_at[connection] = min(
+            now + self.policy.max_idle_age * jitter,
+            connection.opened_at + self.policy.max_lifetime * jitter,
+        )
+
+    async def _open_for_caller(self, started: float, bound: float) -> Lease:
         self._opening += 1
-        opener = asyncio.ensure_future(self._connector())
+        opener = asyncio.ensure_future(self._rate_limited_connect())
         try:
             # Shielded: if the caller is cancelled, the opening finishes in the
             # background and the connection joins the pool instead of leaking.
-            connection = await asyncio.shield(opener)
-        except asyncio.CancelledError:
+            async with asyncio.timeout(bound):
+                connection = await asyncio.shield(opener)
+        except (asyncio.CancelledError, TimeoutError) as exc:
             opener.add_done_callback(self._adopt_opened)
+            if isinstance(exc, TimeoutError):
+                raise PoolExhausted(
+                    f"no upstream connection could be opened within {bound:g}s",
+                    retry_after_s=1.0,
+                ) from exc
             raise
         except UpstreamError as exc:
             self._opening -= 1
@@ -256,78 +447,114 @@ class Pool:
 
     def _adopt_opened(self, opener: asyncio.Future[UpstreamConnection]) -> None:
         self._opening -= 1
-        if opener.cancelled() or opener.exception() is not None:
+        if opener.cancelled():
             return
-        self._accept_new(opener.result())
+        exc = opener.exception()
+        if isinstance(exc, UpstreamError):
+            self._note_failure(exc)
+        elif exc is None:
+            self._note_success()
+            self._accept_new(opener.result())
 
-    def _accept_new(self, connection: UpstreamConnection) -> None:
-        """Place a freshly opened connection: to a waiter, else idle (or close if shut)."""
-        if self._closed or not connection.reusable:
-            self._close(connection)
-            return
-        if not self._hand_to_waiter(connection):
-            self._idle.append(connection)
-        if len(self._idle) >= self.min_idle:
-            self._warm.set()
+    def _start_open(self, *, reason: str, replaces: UpstreamConnection | None = None) -> None:
+        self._opening += 1
+        task = asyncio.get_running_loop().create_task(self._open_in_background(reason, replaces))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    def _hand_to_waiter(self, connection: UpstreamConnection) -> bool:
-        """Give ``connection`` to the first caller still waiting; it becomes busy."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                self._busy.add(connection)
-                waiter.set_result(connection)
-                return True
-        return False
-
-    def _replenish(self) -> None:
-        """Open connections in the background up to the target (see the class docstring)."""
-        if self._closed or self._retry_handle is not None:
-            return
-        target = min(max(self.min_idle, len(self._busy)) + self._live_waiters(), self.max_size)
-        for _ in range(target - self._total()):
-            self._opening += 1
-            task = asyncio.get_running_loop().create_task(self._open_in_background())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
-    def _live_waiters(self) -> int:
-        return sum(1 for w in self._waiters if not w.done())
-
-    async def _open_in_background(self) -> None:
+    async def _open_in_background(self, reason: str, replaces: UpstreamConnection | None) -> None:
         try:
-            connection = await self._connector()
+            connection = await self._rate_limited_connect()
         except UpstreamError as exc:
             self._opening -= 1
+            if replaces is not None:
+                self._renewing.discard(replaces)
             self._note_failure(exc)
             return
-        except asyncio.CancelledError:
+        except BaseException:
             self._opening -= 1
             raise
         self._opening -= 1
         self._note_success()
+        if replaces is not None and replaces in self._renewing:
+            self._renewing.discard(replaces)
+            if replaces in self._idle:  # still idle: the replacement takes its place
+                self._idle.remove(replaces)
+                self._close(replaces, "renewed")
+        log.debug("opened %r (%s)", connection, reason)
         self._accept_new(connection)
 
+    async def _rate_limited_connect(self) -> UpstreamConnection:
+        delay = self._bucket.reserve(time.monotonic())
+        if delay > 0:
+            await asyncio.sleep(delay)
+        connection = await self._connector()
+        self._opened_total += 1
+        return connection
+
+    def _accept_new(self, connection: UpstreamConnection) -> None:
+        """Place a freshly opened connection: to a waiter, else idle (or close if shut)."""
+        if self._closed or not connection.reusable:
+            self._close(connection, "shutdown" if self._closed else "stale")
+            return
+        self._make_idle(connection)
+        if len(self._idle) >= self.min_idle and not self._warmed_once:
+            self._warmed_once = True
+        self._signal_ready()
+        self._tick()
+
     def _note_success(self) -> None:
-        self._backoff_s = 0.0
+        self._backoff = backoff_delays(
+            self.policy.backoff_initial, self.policy.backoff_max, self._rng
+        )
+        self._failures = 0
+        self._retry_after = 0.0
         self.last_error = None
+        if self._breaker.is_open:
+            log.info("upstream accepts the API key again: connecting")
+            self._breaker.reset()
+            self._auth_error = None
+        self._signal_ready()
 
     def _note_failure(self, exc: UpstreamError) -> None:
         self.last_error = exc
+        self._failures += 1
+        now = time.monotonic()
         if isinstance(exc, UpstreamAuthError):
-            log.error("upstream refused the API key: %s", exc)
+            if not self._breaker.is_open:
+                log.error(
+                    "upstream refused the API key (%s): not connecting again except one probe "
+                    "every %gs or when the key file changes; health is NOT_SERVING",
+                    exc,
+                    self.policy.auth_probe_interval,
+                )
+            self._breaker.trip(now, str(exc))
+            self._auth_error = exc
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
         else:
-            log.warning("upstream connect failed: %s", exc)
-        if self._closed or self._retry_handle is not None:
-            return
-        self._backoff_s = min(max(self._backoff_s * 2, _BACKOFF_INITIAL_S), _BACKOFF_MAX_S)
-        self._retry_handle = asyncio.get_running_loop().call_later(self._backoff_s, self._retry)
+            delay = next(self._backoff)
+            self._retry_after = now + delay
+            log.warning("upstream connect failed (%s); next attempt in %.2fs", exc, delay)
+        self._signal_ready()
 
-    def _retry(self) -> None:
-        self._retry_handle = None
-        self._replenish()
+    def _signal_ready(self) -> None:
+        self._ready_changed.set()
 
-    def _close(self, connection: UpstreamConnection) -> None:
+    def _close(self, connection: UpstreamConnection, reason: str) -> None:
+        self._closed_total[reason] += 1
+        self._renewing.discard(connection)
+        self._renew_at.pop(connection, None)
+        self._idle_since.pop(connection, None)
         task = asyncio.get_running_loop().create_task(connection.aclose())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    async def _maintain(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self.policy.tick)
+            try:
+                self._tick()
+            except Exception:
+                log.exception("pool maintenance failed; continuing")

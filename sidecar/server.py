@@ -22,8 +22,9 @@ from grpc_reflection.v1alpha import reflection
 
 from sidecar.auth import BearerTokenInterceptor
 from sidecar.config import Config
+from sidecar.credentials import ApiKeySource
 from sidecar.errors import PoolClosed
-from sidecar.pool import Pool
+from sidecar.pool import Pool, PoolPolicy
 from sidecar.servicer import SynthesizerServicer
 from sidecar.upstream import UpstreamConnection, open_connection
 
@@ -56,19 +57,16 @@ class SidecarServer:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        key = config.api_key.reveal() if config.api_key else ""
+        self.api_key = ApiKeySource(config.api_key, config.api_key_file)
 
         async def connector() -> UpstreamConnection:
             return await open_connection(
-                config.upstream_url, key, connect_timeout=config.connect_timeout_s
+                config.upstream_url,
+                self.api_key.current(),
+                connect_timeout=config.connect_timeout_s,
             )
 
-        self.pool = Pool(
-            connector,
-            min_idle=config.pool_min_idle,
-            max_size=config.pool_max_size,
-            acquire_timeout=config.acquire_timeout_s,
-        )
+        self.pool = Pool(connector, pool_policy(config), key_changed=self.api_key.refresh)
         self.health = health_aio.HealthServicer()
         interceptors = [BearerTokenInterceptor(config.auth_token)] if config.auth_token else []
         self._server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
@@ -197,4 +195,20 @@ def _server_credentials(config: Config) -> grpc.ServerCredentials | None:
             client_ca = ca.read()
     return grpc.ssl_server_credentials(
         [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+def pool_policy(config: Config) -> PoolPolicy:
+    """The pool's policy from the configuration."""
+    return PoolPolicy(
+        min_idle=config.pool_min_idle,
+        max_size=config.pool_max_size,
+        acquire_timeout=config.acquire_timeout_s,
+        max_idle_age=config.pool_max_idle_age_s,
+        max_lifetime=config.pool_max_lifetime_s,
+        shrink_after=config.pool_shrink_after_s,
+        connect_burst=config.pool_connect_burst,
+        connect_rate=config.pool_connect_rate,
+        auth_probe_interval=config.pool_auth_probe_interval_s,
+        lease_stall=config.pool_lease_stall_s,
     )

@@ -31,9 +31,15 @@ from cosyvoice.sidecar.v1 import synthesizer_pb2 as pb
 
 from sidecar import protocol
 from sidecar.config import Config
-from sidecar.errors import CallerIdle, InvalidRequest, SidecarError, UpstreamTimeout
+from sidecar.errors import (
+    CallerIdle,
+    InvalidRequest,
+    SidecarError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from sidecar.params import TaskParams
-from sidecar.pool import Borrowed, Pool
+from sidecar.pool import Lease, Pool
 from sidecar.upstream import UpstreamTask
 
 __all__ = ["Command", "Finish", "Flush", "Session", "Text"]
@@ -80,7 +86,7 @@ class Session:
         self._outbox: asyncio.Queue[pb.SynthesizeResponse | _Done | BaseException] = asyncio.Queue(
             _OUTBOX_SIZE
         )
-        self._borrowed: Borrowed | None = None
+        self._lease: Lease | None = None
         self._task: UpstreamTask | None = None
         self._pumps: list[asyncio.Task[None]] = []
         self._chunks = 0
@@ -104,17 +110,14 @@ class Session:
         statuses.
         """
         try:
-            self._borrowed = await self._pool.acquire(acquire_timeout)
-            self._task = await self._borrowed.connection.start_task(
-                self._params.model,
-                self._params.parameters,
-                start_timeout=self._config.start_timeout_s,
-            )
+            await self._borrow_and_start(acquire_timeout)
+            assert self._lease is not None
+            assert self._task is not None
             log.info(
                 "request %s: task %s on %r",
                 self.request_id,
                 self._task.task_id,
-                self._borrowed.connection,
+                self._lease.connection,
             )
             yield self._started()
             self._pumps = [
@@ -128,10 +131,51 @@ class Session:
                 if isinstance(item, BaseException):
                     raise item
                 yield item
+                self._lease.touch()
             yield self._completed()
         finally:
             cleanup = asyncio.ensure_future(self._cleanup())
             await asyncio.shield(cleanup)
+
+    async def _borrow_and_start(self, acquire_timeout: float | None) -> None:
+        """Borrow a connection and start the task, retrying once on a fresh socket.
+
+        A pooled socket can die unseen (a silent drop, a close racing the
+        borrow). If it fails before task-started, nothing reached the caller
+        yet, so one transparent retry on a newly opened socket is safe; any
+        later failure is reported, never retried (audio may have gone out).
+        """
+        for attempt in (1, 2):
+            self._lease = await self._pool.acquire(acquire_timeout, fresh=attempt > 1)
+            self._lease.on_reclaim = self._reclaimed
+            try:
+                self._task = await self._lease.connection.start_task(
+                    self._params.model,
+                    self._params.parameters,
+                    start_timeout=self._config.start_timeout_s,
+                )
+                return
+            except UpstreamUnavailable as exc:
+                self._pool.release(self._lease.connection)
+                self._lease = None
+                if attempt > 1:
+                    raise
+                self._pool.note_stale_retry()
+                log.info("request %s: %s; retrying on a fresh connection", self.request_id, exc)
+
+    def _reclaimed(self) -> None:
+        """The pool took the connection back from a stalled call: end the call.
+
+        The pool has already closed the socket, so the pool is free either way;
+        a caller that stopped reading learns of it when it reads again.
+        """
+        log.warning("request %s: connection reclaimed after no activity", self.request_id)
+        self.abort(
+            UpstreamUnavailable(
+                f"the call showed no activity for {self._pool.policy.lease_stall:g}s; "
+                "its upstream connection was reclaimed"
+            )
+        )
 
     def abort(self, error: SidecarError) -> None:
         """End the call with ``error`` (e.g. shutdown past the drain grace); never blocks.
@@ -227,7 +271,8 @@ class Session:
 
     async def _read(self) -> None:
         assert self._task is not None
-        task = self._task
+        assert self._lease is not None
+        task, lease = self._task, self._lease
         try:
             while not task.state.is_over:
                 bound = self._read_bound()
@@ -239,6 +284,7 @@ class Session:
                             event = await task.next_event()
                 except TimeoutError as exc:
                     raise self._timeout_error() from exc
+                lease.touch()
                 if isinstance(event, protocol.AudioReceived | protocol.SentenceEvent):
                     response = self._response_for(event)
                     if response is not None:
@@ -322,7 +368,7 @@ class Session:
     # -------------------------------------------------------------- messages
 
     def _started(self) -> pb.SynthesizeResponse:
-        assert self._borrowed is not None
+        assert self._lease is not None
         assert self._task is not None
         return pb.SynthesizeResponse(
             started=pb.Started(
@@ -332,8 +378,8 @@ class Session:
                 sample_rate_hz=self._params.sample_rate,
                 model=self._params.model,
                 voice=self._params.voice,
-                warm_connection=self._borrowed.warm,
-                pool_wait_ms=self._borrowed.wait_ms,
+                warm_connection=self._lease.warm,
+                pool_wait_ms=self._lease.wait_ms,
             )
         )
 
@@ -356,7 +402,7 @@ class Session:
             pump.cancel()
         if self._pumps:
             await asyncio.gather(*self._pumps, return_exceptions=True)
-        if self._borrowed is None:
+        if self._lease is None:
             return
         if self._task is not None and not self._task.state.is_over:
             reused = await self._task.cancel(self._config.cancel_timeout_s)
@@ -366,4 +412,4 @@ class Session:
                 self._task.task_id,
                 "kept" if reused else "closed",
             )
-        self._pool.release(self._borrowed.connection)
+        self._pool.release(self._lease.connection)

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from sidecar.emulator import Emulator
 from sidecar.errors import PoolClosed, PoolExhausted, UpstreamAuthError
-from sidecar.pool import Pool
+from sidecar.pool import Pool, PoolPolicy
 from sidecar.upstream import UpstreamConnection, open_connection
 from tests.conftest import TEST_KEY
 from tests.helpers import eventually
 from tests.timing import scaled
 
 
-def _pool(emulator: Emulator, *, min_idle: int = 0, max_size: int = 2, key: str = TEST_KEY) -> Pool:
+def _pool(
+    emulator: Emulator, *, min_idle: int = 0, max_size: int = 2, key: str = TEST_KEY, **policy: Any
+) -> Pool:
     async def connector() -> UpstreamConnection:
         return await open_connection(emulator.url, key, connect_timeout=scaled(2))
 
-    return Pool(connector, min_idle=min_idle, max_size=max_size, acquire_timeout=scaled(2))
+    return Pool(
+        connector,
+        PoolPolicy(min_idle=min_idle, max_size=max_size, acquire_timeout=scaled(2), **policy),
+    )
 
 
 @pytest.fixture
