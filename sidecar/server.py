@@ -28,11 +28,15 @@ from sidecar.pool import Pool, PoolPolicy
 from sidecar.servicer import SynthesizerServicer
 from sidecar.upstream import UpstreamConnection, open_connection
 
-__all__ = ["SERVICE_NAME", "SidecarServer"]
+__all__ = ["LIVENESS_SERVICE", "SERVICE_NAME", "SidecarServer"]
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["Synthesizer"].full_name
+# A health service name that is SERVING from start until exit whatever the
+# upstream does: a liveness probe on it restarts a hung process, never a pod
+# whose only trouble is DashScope (a restart cures no outage or bad key).
+LIVENESS_SERVICE: Final = "liveness"
 # 200,000 characters of 4-byte UTF-8 fit in 1 MiB; larger requests are refused by gRPC.
 MAX_RECEIVE_MESSAGE_BYTES: Final = 1 << 20
 _HEALTH_POLL_S: Final = 0.1
@@ -96,6 +100,7 @@ class SidecarServer:
         connections, so Kubernetes and load balancers wait for a warm pool.
         """
         await self._set_health(serving=False)
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self.address = self._bind()
         self.pool.start()
         await self._server.start()

@@ -12,6 +12,7 @@ from cosyvoice_sidecar_client import AsyncSynthesizerClient
 
 from sidecar.config import Secret
 from sidecar.emulator import Emulator
+from sidecar.server import LIVENESS_SERVICE
 from tests.conftest import StartSidecar
 from tests.helpers import assert_pool_settles, eventually
 from tests.proxy import TcpProxy
@@ -131,6 +132,7 @@ async def test_bad_key_stops_connecting_and_a_new_key_file_recovers(
     await asyncio.sleep(scaled(1.5))  # a window in which a storm would show
     assert emulator.stats.handshakes_rejected == 1
     assert await _health(server.address) == NOT_SERVING
+    assert await _health(server.address, LIVENESS_SERVICE) == SERVING  # no restart for this
     assert "refused the API key" in server.pool.status().last_error
     async with AsyncSynthesizerClient(server.address) as client:
         with pytest.raises(grpc.aio.AioRpcError) as info:

@@ -10,7 +10,7 @@ import pytest
 
 from sidecar.config import API_KEY_ENV, API_KEY_FILE_ENV, AUTH_TOKEN_ENV, AUTH_TOKEN_FILE_ENV
 from sidecar.config import OPTIONS as SIDECAR_OPTIONS
-from sidecar.server import SERVICE_NAME
+from sidecar.server import LIVENESS_SERVICE, SERVICE_NAME
 from tests.deploy.conftest import BASE, OVERLAY, load_yaml, require_executable, sidecar_container
 from tests.timing import scaled
 
@@ -136,10 +136,10 @@ def test_probes_use_the_sidecar_port_and_health() -> None:
         assert grpc["port"] == port, name  # grpc probes take a number, not a port name
         assert grpc.get("service", "") in ("", SERVICE_NAME), name
     liveness = sidecar["livenessProbe"]
-    # Health follows the upstream pool; a liveness probe on it would restart the
-    # sidecar for a DashScope outage. It checks that the process still listens.
-    assert "grpc" not in liveness
-    assert liveness["tcpSocket"]["port"] == port
+    # Health of "" and the Synthesizer follows the upstream pool; a liveness probe
+    # on it would restart the sidecar for a DashScope outage. The "liveness"
+    # service only says the process answers.
+    assert liveness["grpc"] == {"port": port, "service": LIVENESS_SERVICE}
     # Warming may take connect retries (backoff); the startup probe, which also
     # holds back liveness, allows at least a minute before giving up.
     startup = sidecar["startupProbe"]
