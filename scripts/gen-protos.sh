@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GO_MODULE=github.com/cosyvoice-sidecar/cosyvoice-sidecar/clients/go
-PROTOS=(cosyvoice/sidecar/v1/synthesizer.proto)
+PROTOS=(cosyvoice/sidecar/v1/synthesizer.proto cosyvoice/sidecar/v1/status.proto)
 
 check=false
 [ "${1:-}" = "--check" ] && check=true

@@ -14,6 +14,7 @@ import logging
 from typing import Final
 
 import grpc
+from cosyvoice.sidecar.v1 import status_pb2, status_pb2_grpc
 from cosyvoice.sidecar.v1 import synthesizer_pb2 as pb
 from cosyvoice.sidecar.v1 import synthesizer_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -26,6 +27,7 @@ from sidecar.credentials import ApiKeySource
 from sidecar.errors import PoolClosed
 from sidecar.pool import Pool, PoolPolicy
 from sidecar.servicer import SynthesizerServicer
+from sidecar.status import StatusServicer
 from sidecar.upstream import UpstreamConnection, open_connection
 
 __all__ = ["LIVENESS_SERVICE", "SERVICE_NAME", "SidecarServer"]
@@ -33,6 +35,7 @@ __all__ = ["LIVENESS_SERVICE", "SERVICE_NAME", "SidecarServer"]
 log = logging.getLogger(__name__)
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["Synthesizer"].full_name
+STATUS_SERVICE_NAME: Final = status_pb2.DESCRIPTOR.services_by_name["SidecarStatus"].full_name
 # A health service name that is SERVING from start until exit whatever the
 # upstream does: a liveness probe on it restarts a hung process, never a pod
 # whose only trouble is DashScope (a restart cures no outage or bad key).
@@ -76,10 +79,14 @@ class SidecarServer:
         self._server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         self.servicer = SynthesizerServicer(self.pool, config)
         pb_grpc.add_SynthesizerServicer_to_server(self.servicer, self._server)
+        status_pb2_grpc.add_SidecarStatusServicer_to_server(
+            StatusServicer(self.pool, self.servicer, config.upstream_url), self._server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
+                STATUS_SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),

@@ -147,6 +147,10 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
     def active_calls(self) -> int:
         return len(self._active)
 
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
     def start_draining(self) -> None:
         """Refuse new calls (UNAVAILABLE) from now on; running ones go on."""
         self._draining = True

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from cosyvoice.sidecar.v1 import status_pb2, status_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -72,3 +73,20 @@ async def test_reflection_lists_the_synthesizer(start_sidecar: StartSidecar) -> 
     assert SERVICE_NAME == "cosyvoice.sidecar.v1.Synthesizer"
     assert SERVICE_NAME in names
     assert "grpc.health.v1.Health" in names
+
+
+async def test_status_rpc_shows_the_pool(start_sidecar: StartSidecar, emulator: Emulator) -> None:
+    """SidecarStatus/GetStatus reports the pool's counts, readiness and upstream host."""
+    server = await start_sidecar(pool_min_idle=3, pool_max_size=5)
+    await assert_pool_settles(server, emulator)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = status_pb2_grpc.SidecarStatusStub(channel)
+        status = await stub.GetStatus(status_pb2.GetStatusRequest())
+    assert status.pool.idle == 3
+    assert status.pool.busy == 0
+    assert status.pool.max_size == 5
+    assert status.pool.ready
+    assert status.pool.opened_total == 3
+    assert status.upstream_host == "127.0.0.1"
+    assert status.active_calls == 0
+    assert not status.draining
