@@ -66,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--modes",
         type=_modes,
         help=f"modes, comma-separated, from {', '.join(MODES)} "
-        f"(default {','.join(DEFAULT_MODES)}; sidecar-uvloop needs uvloop)",
+        f"(default {','.join(DEFAULT_MODES)}; sidecar-uvloop needs uvloop; sidecar-b is "
+        "the sidecar with --b-sidecar-arg/--b-sidecar-env)",
     )
     run.add_argument("--repeats", type=int, help=f"repeats of every run (default {d.repeats})")
     run.add_argument(
@@ -138,11 +139,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "e.g. a tracing switch, to compare runs with it on and off",
     )
     side.add_argument(
+        "--sidecar-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment variable for every sidecar process (repeatable)",
+    )
+    side.add_argument(
+        "--b-sidecar-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra `serve` argument of the sidecar-b mode only (repeatable): A/B a flag "
+        "(e.g. tracing on vs off) interleaved in one run",
+    )
+    side.add_argument(
+        "--b-sidecar-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment variable of the sidecar-b mode only (repeatable)",
+    )
+    side.add_argument(
         "--profile-sidecar",
         type=Path,
         metavar="DIR",
         help="attach py-spy (non-blocking, 200 Hz) to the sidecar during each streaming run "
         "and write collapsed stacks to DIR (needs py-spy)",
+    )
+    side.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="profile with py-spy --native (C and Cython frames too, e.g. grpc's); it pauses "
+        "the sidecar at every sample, so the run's figures suffer",
     )
     out = parser.add_argument_group("output")
     out.add_argument(
@@ -184,7 +213,11 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         sample_rate=args.sample_rate,
         acquire_timeout_s=args.acquire_timeout_s,
         sidecar_args=tuple(args.sidecar_arg),
+        sidecar_env=tuple(args.sidecar_env),
+        b_sidecar_args=tuple(args.b_sidecar_arg),
+        b_sidecar_env=tuple(args.b_sidecar_env),
         profile_dir=args.profile_sidecar,
+        profile_native=args.profile_native,
         log_dir=args.logs,
         label=args.label,
         **values,

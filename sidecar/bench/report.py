@@ -23,6 +23,7 @@ _COLORS: Final = {
     "sidecar": "tab:blue",
     "sidecar-unary": "tab:purple",
     "sidecar-uvloop": "tab:cyan",
+    "sidecar-b": "tab:orange",
 }
 
 
@@ -71,6 +72,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"{s['ramp_s']:.2f} s ramp, interleaved; closed loop (each stream starts its next task "
         "when the previous one ends). Times in ms.",
         "",
+    ]
+    if s.get("b_sidecar_args") or s.get("b_sidecar_env"):
+        b = " ".join([*s.get("b_sidecar_env", ()), "serve ...", *s.get("b_sidecar_args", ())])
+        lines += [f"sidecar-b is the sidecar run as: `{b}`.", ""]
+    lines += [
         "| mode | streams | tasks | errors | TTFB p50 | p90 | p99 | max | overhead p50 "
         "| overhead p99 | gap p99 | tasks/s | CPU ms/task | peak RSS MiB | upstream conns "
         "| other load | audio |",
@@ -98,6 +104,9 @@ def markdown(report: dict[str, Any]) -> str:
         "task "
         f"(the emulator paces them {k['chunk_ms'] * k['realtime_factor']:g} ms apart).",
     ]
+    split = breakdown_table(report)
+    if split:
+        lines += ["", *split]
     warm = warmup_table(report)
     if warm:
         lines += ["", *warm]
@@ -118,11 +127,42 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def breakdown_table(report: dict[str, Any]) -> list[str]:
+    """Return where a sidecar call's time goes, as Markdown lines (empty without sidecar rows).
+
+    ``Completed.first_audio_ms`` is the sidecar's own clock, from its session's
+    start to the first audio frame from upstream; the rest of the client's TTFB
+    is gRPC in both directions and the load generator itself.
+    """
+    rows = [r for r in report["rows"] if r.get("breakdown_ms", {}).get("server_first_audio_ms")]
+    if not rows:
+        return []
+    intrinsic = report["workload"]["intrinsic_ms"]
+    lines = [
+        "Where a sidecar call's first-byte time goes (ms, p50 / p99): Started as seen by the "
+        "client; the sidecar's own first_audio_ms minus the emulator's delay (pool, run-task, "
+        "its event loop); the client's overhead.",
+        "",
+        "| mode | streams | Started at client | sidecar-side overhead | client-side overhead |",
+        "|---|--:|--:|--:|--:|",
+    ]
+    for r in rows:
+        b = r["breakdown_ms"]
+        started = b.get("client_started_ms", {})
+        server = b["server_first_audio_ms"]
+        lines.append(
+            f"| {r['mode']} | {r['level']} | {_ms(started.get('p50'))} / {_ms(started.get('p99'))} "
+            f"| {_ms(server['p50'] - intrinsic)} / {_ms(server['p99'] - intrinsic)} "
+            f"| {_ms(r['overhead_ms']['p50'])} / {_ms(r['overhead_ms']['p99'])} |"
+        )
+    return lines
+
+
 def warmup_table(report: dict[str, Any]) -> list[str]:
     """Return the warm-up comparison as Markdown lines (empty if nothing warmed)."""
     modes = [
         m
-        for m in ("sidecar", "sidecar-uvloop", "floor", "sdk-pool")
+        for m in ("sidecar", "sidecar-uvloop", "sidecar-b", "floor", "sdk-pool")
         if any(w["mode"] == m for w in report["warmup"])
     ]
     if not modes:
@@ -130,6 +170,7 @@ def warmup_table(report: dict[str, Any]) -> list[str]:
     labels = {
         "sidecar": "sidecar pool (parallel)",
         "sidecar-uvloop": "sidecar on uvloop",
+        "sidecar-b": "sidecar-b",
         "floor": "floor (parallel opens)",
         "sdk-pool": "SDK pool (serial, capped at 100)",
     }

@@ -39,7 +39,15 @@ from sidecar.bench.workload import Workload
 
 __all__ = ["DEFAULT_MODES", "MODES", "BenchSettings", "run_bench"]
 
-MODES: Final = ("cold", "sdk-pool", "floor", "sidecar", "sidecar-unary", "sidecar-uvloop")
+MODES: Final = (
+    "cold",
+    "sdk-pool",
+    "floor",
+    "sidecar",
+    "sidecar-unary",
+    "sidecar-uvloop",
+    "sidecar-b",
+)
 DEFAULT_MODES: Final = ("cold", "sdk-pool", "floor", "sidecar", "sidecar-unary")
 SCHEMA: Final = "cosyvoice-sidecar-bench/1"
 API_KEY: Final = "sk-bench-local"  # the emulator accepts any key; never a real one
@@ -68,7 +76,13 @@ class BenchSettings:
     sample_rate: int = 22050
     acquire_timeout_s: float = 120.0
     sidecar_args: tuple[str, ...] = ()
+    sidecar_env: tuple[str, ...] = ()  # NAME=VALUE for every sidecar process
+    # The "sidecar-b" mode: the same sidecar with these extra arguments and
+    # environment, interleaved with "sidecar" (e.g. tracing on vs off).
+    b_sidecar_args: tuple[str, ...] = ()
+    b_sidecar_env: tuple[str, ...] = ()
     profile_dir: Path | None = None
+    profile_native: bool = False  # py-spy --native (pauses the process per sample)
     log_dir: Path | None = None
     preset: str = "default"
     label: str = ""  # free text recorded in the report, e.g. what changed since the last run
@@ -83,6 +97,9 @@ class BenchSettings:
             raise ValueError("repeats must be >= 1, duration and task timeout > 0")
         if self.fragments < 1:
             raise ValueError("fragments must be >= 1")
+        for pair in (*self.sidecar_env, *self.b_sidecar_env, *self.knobs):
+            if "=" not in pair:
+                raise ValueError(f"expected NAME=VALUE, not {pair!r}")
 
     def to_dict(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -105,7 +122,7 @@ class _Context:
     results: list[RunResult] = field(default_factory=list)
     profiles: list[str] = field(default_factory=list)
     serve_flags: frozenset[str] = frozenset()  # the flags `serve --help` lists
-    sidecar_commands: dict[int, list[str]] = field(default_factory=dict)
+    sidecar_commands: dict[str, list[str]] = field(default_factory=dict)
 
     def step(self, text: str) -> None:
         self.progress(f"[{self.done + 1}/{self.steps}] {text}")
@@ -176,9 +193,9 @@ async def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, An
             if emulator.proc is not None and emulator.proc.returncode is not None:
                 raise ChildError(f"the emulator died; see {emulator.log_path}")
             if slot[0] in _SIDECAR_MODES:
-                await _sidecar_slot(ctx, repeat, level, slot, uvloop=False)
-            elif slot[0] == "sidecar-uvloop":
-                await _sidecar_slot(ctx, repeat, level, ("sidecar-uvloop",), uvloop=True)
+                await _sidecar_slot(ctx, repeat, level, slot, variant="sidecar")
+            elif slot[0] in ("sidecar-uvloop", "sidecar-b"):
+                await _sidecar_slot(ctx, repeat, level, slot, variant=slot[0])
             else:
                 await _client_run(ctx, repeat, level, slot[0])
         failed = any(r.failure for r in ctx.results)
@@ -198,10 +215,14 @@ async def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, An
         "rows": [row.to_dict() for row in rows],
         "warmup": _warmups(rows),
         "runs": [r.to_dict(samples=False) for r in ctx.results],
-        "sidecar_commands": {str(k): v for k, v in ctx.sidecar_commands.items()},
+        "sidecar_commands": ctx.sidecar_commands,
         "profiles": ctx.profiles,
         "logs": str(log_dir) if (settings.log_dir or failed) else None,
     }
+
+
+def _pairs(items: tuple[str, ...]) -> list[tuple[str, str]]:
+    return [(name, value) for name, _, value in (item.partition("=") for item in items)]
 
 
 async def _serve_flags(log_dir: Path) -> frozenset[str]:
@@ -327,7 +348,16 @@ async def _measure(
     after = await ctx.client.stats()
     if profiler is not None:
         await profiler.wait(30)
-    for key in ("tasks", "errors", "audio_mismatches", "error_samples", "ttfb_ms", "gaps_ms"):
+    keys = (
+        "tasks",
+        "errors",
+        "audio_mismatches",
+        "error_samples",
+        "ttfb_ms",
+        "gaps_ms",
+        "breakdown",
+    )
+    for key in keys:
         setattr(result, key, data[key])
     result.elapsed_s = data["elapsed_s"]
     result.client_cpu_s = data["cpu_s"]
@@ -366,7 +396,7 @@ async def _start_profiler(ctx: _Context, result: RunResult, pid: int | None) -> 
         str(seconds),
         "--rate",
         "200",
-        "--nonblocking",
+        *(["--native"] if ctx.settings.profile_native else ["--nonblocking"]),
         "--format",
         "raw",
         "--output",
@@ -378,13 +408,13 @@ async def _start_profiler(ctx: _Context, result: RunResult, pid: int | None) -> 
 
 
 async def _sidecar_slot(
-    ctx: _Context, repeat: int, level: int, modes: tuple[str, ...], *, uvloop: bool
+    ctx: _Context, repeat: int, level: int, modes: tuple[str, ...], *, variant: str
 ) -> None:
     """One sidecar process for ``level``: warm-up timed, then each RPC mode's run."""
     s = ctx.settings
     before = await ctx.client.wait_quiet(30)
-    entry = "sidecar.bench.uvloop_main" if uvloop else "sidecar"
-    name = f"{'sidecar-uvloop' if uvloop else 'sidecar'}-L{level}-r{repeat}"
+    entry = "sidecar.bench.uvloop_main" if variant == "sidecar-uvloop" else "sidecar"
+    name = f"{variant}-L{level}-r{repeat}"
     serve = [
         "serve",
         "--listen",
@@ -405,13 +435,12 @@ async def _sidecar_slot(
         # briefly hold a finished call's slot while its next call arrives).
         serve += ["--max-streams", str(max(2 * level, 256))]
     serve += s.sidecar_args
-    ctx.sidecar_commands[level] = ["cosyvoice-sidecar", *serve]
-    sidecar = Child(
-        name,
-        ["-m", entry, *serve],
-        log_dir=ctx.log_dir,
-        env={"DASHSCOPE_API_KEY": API_KEY},
-    )
+    env = {"DASHSCOPE_API_KEY": API_KEY, **dict(_pairs(s.sidecar_env))}
+    if variant == "sidecar-b":
+        serve += s.b_sidecar_args
+        env.update(_pairs(s.b_sidecar_env))
+    ctx.sidecar_commands[f"{variant} {level}"] = ["cosyvoice-sidecar", *serve]
+    sidecar = Child(name, ["-m", entry, *serve], log_dir=ctx.log_dir, env=env)
     results = {mode: RunResult(mode, level, repeat) for mode in modes}
     ran = 0
     ctx.step(

@@ -42,6 +42,7 @@ class RunResult:
     error_samples: list[str] = field(default_factory=list)
     ttfb_ms: list[float] = field(default_factory=list)
     gaps_ms: list[float] = field(default_factory=list)
+    breakdown: dict[str, list[float]] = field(default_factory=dict)
     elapsed_s: float = 0.0
     # CPU seconds and peak RSS of the serving process (the sidecar for the
     # sidecar modes, the client process otherwise), and of the others.
@@ -62,6 +63,7 @@ class RunResult:
         if not samples:
             data.pop("ttfb_ms")
             data.pop("gaps_ms")
+            data["breakdown"] = {k: summary(v) for k, v in self.breakdown.items()}
         return data
 
 
@@ -88,6 +90,7 @@ class Row:
     warmup_s: float | None
     warmup_sockets: int
     per_repeat: list[dict[str, float]]
+    breakdown_ms: dict[str, dict[str, float]]  # e.g. the sidecar's own first_audio_ms
     failures: list[str]
 
     @property
@@ -141,5 +144,9 @@ def aggregate(runs: Sequence[RunResult], intrinsic_ms: float) -> Row:
             }
             for r in runs
         ],
+        breakdown_ms={
+            key: summary(v for r in runs for v in r.breakdown.get(key, ()))
+            for key in sorted({k for r in runs for k in r.breakdown})
+        },
         failures=[r.failure for r in runs if r.failure],
     )

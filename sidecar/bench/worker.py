@@ -26,6 +26,7 @@ import resource
 import sys
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -73,6 +74,8 @@ class Tally:
     error_samples: list[str] = field(default_factory=list)
     ttfb_ms: list[float] = field(default_factory=list)
     gaps_ms: list[float] = field(default_factory=list)
+    # Extra per-task samples some modes can measure (grpc: the sidecar's own figures).
+    breakdown: defaultdict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def ok(self, ttfb_s: float, gaps_s: list[float], nbytes: int) -> None:
@@ -145,6 +148,7 @@ def _result(tally: Tally, started: float, cpu_started: float, **extra: Any) -> d
         "error_samples": tally.error_samples,
         "ttfb_ms": tally.ttfb_ms,
         "gaps_ms": tally.gaps_ms,
+        "breakdown": dict(tally.breakdown),
         "elapsed_s": time.perf_counter() - started,
         "cpu_s": time.process_time() - cpu_started,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -241,9 +245,21 @@ async def _run_grpc(spec: WorkerSpec) -> dict[str, Any]:
         stub = pb_grpc.SynthesizerStub(channel)
 
         async def read(call: Any, timer: Timer) -> None:
+            started_s = 0.0
             async for response in call:
-                if response.WhichOneof("response") == "audio":
+                kind = response.WhichOneof("response")
+                if kind == "audio":
                     timer.audio(len(response.audio.data))
+                elif kind == "started":
+                    started_s = time.perf_counter() - timer.start
+                elif kind == "completed":
+                    # Where the time goes: the sidecar's own view of its first
+                    # audio (from its session's start) and when Started arrived.
+                    with tally.lock:
+                        tally.breakdown["server_first_audio_ms"].append(
+                            round(response.completed.first_audio_ms, 3)
+                        )
+                        tally.breakdown["client_started_ms"].append(round(started_s * 1000, 3))
             timer.record(tally)
 
         async def stream_task(index: int, tally: Tally) -> None:

@@ -39,6 +39,7 @@ ROW_FIELDS = {
     "warmup_s",
     "warmup_sockets",
     "per_repeat",
+    "breakdown_ms",
     "failures",
     "audio_ok",
 }
@@ -97,6 +98,11 @@ def test_quick_bench_writes_a_complete_report(tmp_path: Path) -> None:
         assert rows["sdk-pool", level]["connections_opened"] == 0
         assert rows["sidecar", level]["connections_opened"] == 0
 
+    # The sidecar rows also say where the time went, from the sidecar's own clock.
+    for level in (1, 4):
+        split = rows["sidecar", level]["breakdown_ms"]
+        assert {"server_first_audio_ms", "client_started_ms"} <= split.keys()
+        assert split["server_first_audio_ms"].keys() == PERCENTILES
     warm = {(w["mode"], w["level"]): w for w in report["warmup"]}
     assert {("sidecar", 4), ("floor", 4), ("sdk-pool", 4)} <= warm.keys()
     assert all(_number(w["seconds"]) for w in warm.values())
