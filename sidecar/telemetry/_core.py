@@ -14,16 +14,16 @@ Span tree of one call (the RPC span comes from the server interceptor)::
     ├── synthesis        DashScope task: id, model, voice, first audio, bytes, outcome
     └── return           returned to the pool or discarded, and why
 
-Connections the pool opens or renews in the background get root spans of
-their own (``connect``, ``renew``), *linked* to the call that triggered them,
-never parented to it: their lifetime has nothing to do with that call's.
+Connections the pool opens or renews in the background get root ``connect``
+spans of their own, *linked* to the call that triggered them (if any), never
+parented to it: their lifetime has nothing to do with that call's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from opentelemetry import context as otel_context
@@ -35,7 +35,7 @@ from opentelemetry.trace import Link, SpanKind
 
 from sidecar import __version__
 from sidecar.telemetry import _names as n
-from sidecar.telemetry._scopes import Borrow, Connect, Return, Synthesis
+from sidecar.telemetry._scopes import Borrow, Connect, Return, Synthesis, return_reason
 
 if TYPE_CHECKING:
     import grpc
@@ -62,6 +62,16 @@ class PoolCounts(Protocol):
     def max_size(self) -> int: ...
     @property
     def min_idle(self) -> int: ...
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def breaker_open(self) -> bool: ...
+    @property
+    def opened_total(self) -> int: ...
+    @property
+    def closed_total(self) -> Mapping[str, int]: ...
+    @property
+    def stale_retries(self) -> int: ...
 
 
 class Telemetry:
@@ -137,8 +147,35 @@ class Telemetry:
         self.timeouts = meter.create_counter(
             n.METRIC_TIMEOUTS, "{timeout}", "Borrows that gave up: every connection stayed busy."
         )
-        self.closed = meter.create_counter(
-            n.METRIC_CLOSED, "{connection}", "Upstream connections closed, by reason."
+        meter.create_observable_counter(
+            n.METRIC_OPENED,
+            [self._observe_opened],
+            "{connection}",
+            "Upstream connections opened.",
+        )
+        meter.create_observable_counter(
+            n.METRIC_CLOSED,
+            [self._observe_closed],
+            "{connection}",
+            "Upstream connections closed, by reason (renewed, failed, stale, shutdown, ...).",
+        )
+        meter.create_observable_counter(
+            n.METRIC_STALE_RETRIES,
+            [self._observe_stale_retries],
+            "{call}",
+            "Calls retried on a fresh connection after a pooled one failed before task-started.",
+        )
+        meter.create_observable_gauge(
+            n.METRIC_READY,
+            [self._observe_ready],
+            "1",
+            "1 while the pool can serve warm (health SERVING), else 0.",
+        )
+        meter.create_observable_gauge(
+            n.METRIC_BREAKER_OPEN,
+            [self._observe_breaker],
+            "1",
+            "1 while the upstream refuses the API key and the pool stopped connecting.",
         )
         meter.create_observable_up_down_counter(
             n.METRIC_CONNECTION_COUNT,
@@ -203,6 +240,23 @@ class Telemetry:
     def _observe_min_idle(self, _: CallbackOptions) -> Iterable[Observation]:
         return [Observation(s.min_idle) for s in self._statuses()]
 
+    def _observe_opened(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(s.opened_total) for s in self._statuses()]
+
+    def _observe_closed(self, _: CallbackOptions) -> Iterable[Observation]:
+        for s in self._statuses():
+            for reason, count in sorted(s.closed_total.items()):
+                yield Observation(count, {n.CLOSE_REASON: reason})
+
+    def _observe_stale_retries(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(s.stale_retries) for s in self._statuses()]
+
+    def _observe_ready(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(int(s.ready)) for s in self._statuses()]
+
+    def _observe_breaker(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(int(s.breaker_open)) for s in self._statuses()]
+
     # ------------------------------------------------------------------ scopes
 
     def server_interceptor(self, services: Iterable[str]) -> grpc.aio.ServerInterceptor | None:
@@ -257,31 +311,40 @@ class Telemetry:
         return Synthesis(self, span, model=model, call_started=call_started)
 
     def returning(
-        self, connection_id: int, *, kept: bool, reason: str, held_s: float | None = None
+        self,
+        connection_id: int,
+        *,
+        kept: bool,
+        cancelled: bool,
+        error: BaseException | None,
+        held_s: float | None = None,
     ) -> Return:
-        """Scope giving a connection back (``with``): kept in the pool or discarded, and why."""
+        """Scope giving a connection back (``with``): kept in the pool or discarded, and why.
+
+        ``kept`` is the connection's reuse flag as it goes back; ``cancelled``
+        whether its task was cancelled upstream; ``error`` what ended the
+        call early, if anything. The reason recorded is derived from them.
+        """
         if not self.enabled:
             return _NOOP_RETURN
+        reason = return_reason(kept=kept, cancelled=cancelled, error=error)
         return Return(self, connection_id, kept=kept, reason=reason, held_s=held_s)
 
-    def connecting(self, purpose: str, *, detached: bool) -> Connect:
+    def connecting(self, purpose: str, *, detached: bool, replaces: int | None = None) -> Connect:
         """Scope opening one upstream connection (``with``).
 
-        ``detached=True`` for the pool's background work: the span is a new
-        root, linked to the span that was current (the call whose return or
-        borrow triggered it), not its child.
+        ``purpose`` says why (caller, warm, renewal, probe, ...); ``replaces``
+        is the id of the connection a renewal replaces. ``detached=True`` for
+        the pool's background work: the span is a new root, linked to the
+        span that was current (the call whose return or borrow triggered it)
+        instead of its child.
         """
         if not self.enabled:
             return _NOOP_CONNECT
-        return Connect(self, purpose, self._span_for(n.SPAN_CONNECT, detached, purpose))
-
-    def renewing(self, connection_id: int) -> Connect:
-        """Scope renewing one connection (a root span; its connect is a child)."""
-        if not self.enabled:
-            return _NOOP_CONNECT
-        span = self._span_for(n.SPAN_RENEW, True, "renewal")
-        span.set_attribute(n.CONNECTION_ID, connection_id)
-        return Connect(self, "renewal", span, measure=False)
+        span = self._span_for(n.SPAN_CONNECT, detached, purpose)
+        if replaces is not None:
+            span.set_attribute(n.CONNECTION_REPLACES, replaces)
+        return Connect(self, purpose, span)
 
     def _span_for(self, name: str, detached: bool, purpose: str) -> trace.Span:
         attributes = {n.CONNECT_PURPOSE: purpose}
@@ -291,15 +354,10 @@ class Telemetry:
         return self.tracer.start_span(
             name,
             context=otel_context.Context(),
-            kind=SpanKind.CLIENT if name == n.SPAN_CONNECT else SpanKind.INTERNAL,
+            kind=SpanKind.CLIENT,
             attributes=attributes,
             links=[Link(trigger)] if trigger.is_valid else None,
         )
-
-    def connection_closed(self, reason: str, count: int = 1) -> None:
-        """Count ``count`` upstream connections closed for ``reason``."""
-        if self.metering:
-            self.closed.add(count, {n.CLOSE_REASON: reason})
 
     # --------------------------------------------------------------- shutdown
 

@@ -45,7 +45,6 @@ SPAN_BORROW: Final = "borrow"
 SPAN_SYNTHESIS: Final = "synthesis"
 SPAN_RETURN: Final = "return"
 SPAN_CONNECT: Final = "connect"
-SPAN_RENEW: Final = "renew"
 
 # ------------------------------------------------ attributes: the sidecar's own
 REQUEST_ID: Final = "cosyvoice.request_id"
@@ -78,6 +77,7 @@ CONNECT_PURPOSE: Final = "cosyvoice.connect.purpose"
 CONNECT_MS: Final = "cosyvoice.connect.ms"
 # connect: ok | auth_error | unavailable | cancelled | error
 CONNECT_RESULT: Final = "cosyvoice.connect.result"
+CONNECTION_REPLACES: Final = "cosyvoice.connection.replaces"
 CONNECTION_STATE: Final = "cosyvoice.connection.state"
 CLOSE_REASON: Final = "cosyvoice.connection.close_reason"
 
@@ -100,7 +100,11 @@ METRIC_PENDING_REQUESTS: Final = "cosyvoice.pool.connection.pending_requests"
 METRIC_CONNECTION_MAX: Final = "cosyvoice.pool.connection.max"
 METRIC_IDLE_MIN: Final = "cosyvoice.pool.connection.idle.min"
 METRIC_TIMEOUTS: Final = "cosyvoice.pool.connection.timeouts"
+METRIC_OPENED: Final = "cosyvoice.pool.connection.opened"
 METRIC_CLOSED: Final = "cosyvoice.pool.connection.closed"
+METRIC_STALE_RETRIES: Final = "cosyvoice.pool.stale_retries"
+METRIC_READY: Final = "cosyvoice.pool.ready"
+METRIC_BREAKER_OPEN: Final = "cosyvoice.pool.breaker.open"
 
 # Histogram buckets in seconds: a warm borrow takes well under a millisecond,
 # a cold connect tens to hundreds, a long synthesis tens of seconds.

@@ -26,10 +26,14 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from sidecar.errors import (
+    CallerIdle,
+    InvalidRequest,
     PoolClosed,
     PoolExhausted,
+    TooManyStreams,
     UpstreamAuthError,
     UpstreamTaskFailed,
+    UpstreamTimeout,
     UpstreamUnavailable,
 )
 from sidecar.telemetry import _names as n
@@ -39,10 +43,25 @@ if TYPE_CHECKING:
 
     from sidecar.telemetry._core import PoolCounts, Telemetry
 
-__all__ = ["Borrow", "Connect", "Return", "Synthesis", "error_status"]
+__all__ = [
+    "Borrow",
+    "Connect",
+    "Return",
+    "Synthesis",
+    "error_status",
+    "return_reason",
+    "synthesis_outcome",
+]
 
-# Synthesis outcomes that mean the task itself went wrong (span status ERROR).
-_FAILED_OUTCOMES = frozenset({"failed", "broken"})
+# Errors that are the caller's doing or an orderly end: recorded, not a span ERROR.
+_NOT_FAILURES = (
+    asyncio.CancelledError,
+    GeneratorExit,
+    InvalidRequest,
+    CallerIdle,
+    TooManyStreams,
+    PoolClosed,
+)
 
 
 def error_status(span: trace.Span, exc: BaseException, *, failed: bool = True) -> None:
@@ -186,7 +205,8 @@ class Synthesis:
     def end(
         self,
         *,
-        outcome: str,
+        finished: bool,
+        cancelled: bool,
         error: BaseException | None,
         billed_characters: int | None,
         text_characters: int,
@@ -197,14 +217,16 @@ class Synthesis:
     ) -> None:
         """End the span and record the task (once; later calls do nothing).
 
-        ``outcome``: finished (task-finished), failed (task-failed), cancelled
-        (the sidecar cancelled it upstream, e.g. the caller left), broken
-        (the connection dropped or timed out before the task ended),
-        not_started (no task-started came).
+        ``finished``: task-finished arrived; ``cancelled``: the sidecar
+        cancelled the task upstream (the caller left, or the call failed on
+        the sidecar's side); ``error``: what ended the call early, if
+        anything. The outcome recorded is derived from them (see
+        :func:`synthesis_outcome`).
         """
         if not self._t.enabled or self._ended:
             return
         self._ended = True
+        outcome = synthesis_outcome(finished=finished, cancelled=cancelled, error=error)
         duration_s = time.monotonic() - self._started
         error_code = error.code if isinstance(error, UpstreamTaskFailed) else None
         counted = {n.SYNTHESIS_OUTCOME: outcome, n.MODEL: self._model}
@@ -232,8 +254,47 @@ class Synthesis:
         if error_code:
             span.set_attribute(n.ERROR_CODE, error_code)
         if error is not None:
-            error_status(span, error, failed=outcome in _FAILED_OUTCOMES)
+            error_status(span, error, failed=not isinstance(error, _NOT_FAILURES))
         span.end()
+
+
+def synthesis_outcome(*, finished: bool, cancelled: bool, error: BaseException | None) -> str:
+    """Name how a task ended: finished, failed, cancelled, broken or not_started.
+
+    failed: DashScope answered task-failed; cancelled: the sidecar cancelled
+    it; broken: the connection dropped or an upstream bound expired first;
+    not_started: it ended before task-started for another reason.
+    """
+    if isinstance(error, UpstreamTaskFailed):
+        return "failed"
+    if cancelled:
+        return "cancelled"
+    if finished:
+        return "finished"
+    if isinstance(error, UpstreamUnavailable | UpstreamTimeout):
+        return "broken"
+    return "not_started"
+
+
+def return_reason(*, kept: bool, cancelled: bool, error: BaseException | None) -> str:
+    """Name why a connection went back to the pool as it did.
+
+    Kept: ``finished`` (task-finished) or ``cancelled_clean`` (task-finished
+    after a cancel). Discarded: ``task_failed``, ``timeout``,
+    ``connection_lost``, ``cancel_incomplete`` (no task-finished within the
+    cancel bound) or ``closed`` (anything else, e.g. shutdown).
+    """
+    if kept:
+        return "cancelled_clean" if cancelled else "finished"
+    if isinstance(error, UpstreamTaskFailed):
+        return "task_failed"
+    if isinstance(error, UpstreamTimeout):
+        return "timeout"
+    if isinstance(error, UpstreamUnavailable):
+        return "connection_lost"
+    if cancelled:
+        return "cancel_incomplete"
+    return "closed"
 
 
 class Return:
@@ -284,14 +345,11 @@ class Return:
 
 
 class Connect:
-    """One upstream connect (or a renewal around one): span and create-time measurement."""
+    """One upstream connect: its span and the create-time measurement."""
 
-    def __init__(
-        self, telemetry: Telemetry, purpose: str, span: trace.Span, *, measure: bool = True
-    ) -> None:
+    def __init__(self, telemetry: Telemetry, purpose: str, span: trace.Span) -> None:
         self._t = telemetry
         self._purpose = purpose
-        self._measure = measure
         self._current = _Current(span)
         self._started = 0.0
 
@@ -321,7 +379,7 @@ class Connect:
             return
         seconds = time.monotonic() - self._started
         result = _connect_result(exc)
-        if self._measure and self._t.metering:
+        if self._t.metering:
             self._t.create_time.record(
                 seconds, {n.CONNECT_PURPOSE: self._purpose, n.CONNECT_RESULT: result}
             )
@@ -329,8 +387,7 @@ class Connect:
             return
         span = self.span
         span.set_attribute(n.CONNECT_RESULT, result)
-        if self._measure:
-            span.set_attribute(n.CONNECT_MS, seconds * 1000)
+        span.set_attribute(n.CONNECT_MS, seconds * 1000)
         if exc is not None:
             error_status(span, exc, failed=result != "cancelled")
         self._current.leave()
