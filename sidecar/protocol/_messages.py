@@ -1,0 +1,136 @@
+"""Client messages (§4): what a client sends, and how a server parses it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sidecar.protocol._errors import ProtocolViolation
+
+__all__ = ["ClientMessage", "ContinueTask", "FinishTask", "RunTask", "dumps", "parse_client_frame"]
+
+_STREAMING: Final = "duplex"
+
+
+def dumps(message: dict[str, Any]) -> str:
+    """Encode a protocol message as the compact UTF-8 JSON both sides send."""
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+
+
+# --------------------------------------------------------------------------
+# Client messages (§4)
+# --------------------------------------------------------------------------
+
+
+def _header(action: str, task_id: str) -> dict[str, str]:
+    return {"action": action, "task_id": task_id, "streaming": _STREAMING}
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """``run-task`` (§4.1): starts a task with its model and parameters."""
+
+    task_id: str
+    model: str
+    parameters: Mapping[str, Any]
+
+    def encode(self) -> str:
+        payload = {
+            "task_group": "audio",
+            "task": "tts",
+            "function": "SpeechSynthesizer",
+            "model": self.model,
+            "parameters": dict(self.parameters),
+            "input": {},
+        }
+        return dumps({"header": _header("run-task", self.task_id), "payload": payload})
+
+
+@dataclass(frozen=True)
+class ContinueTask:
+    """``continue-task`` (§4.2, §4.3): a text fragment, or a flush when ``text`` is None."""
+
+    task_id: str
+    text: str | None = None
+
+    @property
+    def is_flush(self) -> bool:
+        return self.text is None
+
+    def encode(self) -> str:
+        input_: dict[str, Any] = {"flush": True} if self.text is None else {"text": self.text}
+        return dumps(
+            {"header": _header("continue-task", self.task_id), "payload": {"input": input_}}
+        )
+
+
+@dataclass(frozen=True)
+class FinishTask:
+    """``finish-task`` (§4.4); with ``cancel`` it carries the cancel directive."""
+
+    task_id: str
+    cancel: bool = False
+
+    def encode(self) -> str:
+        input_ = {"directive": "cancel"} if self.cancel else {}
+        return dumps({"header": _header("finish-task", self.task_id), "payload": {"input": input_}})
+
+
+ClientMessage = RunTask | ContinueTask | FinishTask
+
+
+def parse_client_frame(frame: str) -> ClientMessage:
+    """Parse one client text frame, as a server does.
+
+    Raises :class:`ProtocolViolation` with the server's error code and message
+    when the frame is not a valid client message (§9). Unparseable JSON is a
+    ``ProtocolViolation`` with code ``InvalidPayload``; a server closes the
+    socket for it (§12).
+    """
+    try:
+        message = json.loads(frame)
+    except ValueError as exc:
+        raise ProtocolViolation("InvalidPayload", "Invalid payload data") from exc
+    if not isinstance(message, dict):
+        raise ProtocolViolation("InvalidPayload", "Invalid payload data")
+    header = message.get("header")
+    payload = message.get("payload")
+    if not isinstance(header, dict) or not isinstance(payload, dict):
+        raise ProtocolViolation("InvalidPayload", "Invalid payload data")
+    action = header.get("action")
+    task_id = header.get("task_id")
+    if not isinstance(task_id, str) or not task_id:
+        raise ProtocolViolation("InvalidParameter", "task_id is required")
+    input_ = payload.get("input")
+    if not isinstance(input_, dict):
+        raise ProtocolViolation("InvalidParameter", "task can not be null")
+    if action == "run-task":
+        return _parse_run_task(task_id, payload)
+    if action == "continue-task":
+        if input_.get("flush") is True and "text" not in input_:
+            return ContinueTask(task_id, None)
+        text = input_.get("text")
+        if not isinstance(text, str):
+            raise ProtocolViolation("InvalidParameter", "Invalid payload data")
+        return ContinueTask(task_id, text)
+    if action == "finish-task":
+        return FinishTask(task_id, cancel=input_.get("directive") == "cancel")
+    raise ProtocolViolation("InvalidParameter", f"Invalid action('{action}')")
+
+
+def _parse_run_task(task_id: str, payload: dict[str, Any]) -> RunTask:
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise ProtocolViolation(
+            "InvalidParameter",
+            "Missing required parameter 'payload.model'! Please follow the protocol!",
+        )
+    parameters = payload.get("parameters")
+    if not isinstance(parameters, dict):
+        raise ProtocolViolation(
+            "InvalidParameter",
+            "Missing required parameter 'payload.parameters'! Please follow the protocol!",
+        )
+    return RunTask(task_id, model, parameters)
