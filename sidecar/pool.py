@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 
 from sidecar.errors import PoolClosed, PoolExhausted, UpstreamAuthError, UpstreamError
 from sidecar.retry import Breaker, TokenBucket, backoff_delays
+from sidecar.telemetry import Telemetry
 from sidecar.upstream import UpstreamConnection
 
 __all__ = ["Lease", "Pool", "PoolPolicy", "PoolStatus"]
@@ -128,11 +129,13 @@ class Pool:
         *,
         key_changed: Callable[[], bool] = lambda: False,
         rng: random.Random | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._connector = connector
         self.policy = policy
         self._key_changed = key_changed
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._telemetry = telemetry or Telemetry.disabled()
         self._idle: deque[UpstreamConnection] = deque()
         self._busy: dict[UpstreamConnection, Lease] = {}
         self._opening = 0
@@ -423,7 +426,7 @@ class Pool:
 
     async def _open_for_caller(self, started: float, bound: float) -> Lease:
         self._opening += 1
-        opener = asyncio.ensure_future(self._rate_limited_connect())
+        opener = asyncio.ensure_future(self._rate_limited_connect("caller"))
         try:
             # Shielded: if the caller is cancelled, the opening finishes in the
             # background and the connection joins the pool instead of leaking.
@@ -464,7 +467,7 @@ class Pool:
 
     async def _open_in_background(self, reason: str, replaces: UpstreamConnection | None) -> None:
         try:
-            connection = await self._rate_limited_connect()
+            connection = await self._rate_limited_connect(reason, replaces)
         except UpstreamError as exc:
             self._opening -= 1
             if replaces is not None:
@@ -484,11 +487,21 @@ class Pool:
         log.debug("opened %r (%s)", connection, reason)
         self._accept_new(connection)
 
-    async def _rate_limited_connect(self) -> UpstreamConnection:
+    async def _rate_limited_connect(
+        self, reason: str, replaces: UpstreamConnection | None = None
+    ) -> UpstreamConnection:
         delay = self._bucket.reserve(time.monotonic())
         if delay > 0:
             await asyncio.sleep(delay)
-        connection = await self._connector()
+        # A caller's connect is part of its borrow; background ones get root
+        # spans linked to whatever call triggered them (see sidecar.telemetry).
+        with self._telemetry.connecting(
+            reason,
+            detached=reason != "caller",
+            replaces=replaces.id if replaces is not None else None,
+        ) as connect:
+            connection = await self._connector()
+            connect.opened(connection.id)
         self._opened_total += 1
         return connection
 

@@ -28,6 +28,7 @@ from sidecar.errors import PoolClosed
 from sidecar.pool import Pool, PoolPolicy
 from sidecar.servicer import SynthesizerServicer
 from sidecar.status import StatusServicer
+from sidecar.telemetry import Telemetry
 from sidecar.upstream import UpstreamConnection, open_connection
 
 __all__ = ["LIVENESS_SERVICE", "SERVICE_NAME", "SidecarServer"]
@@ -62,8 +63,9 @@ SERVER_OPTIONS: Final = (
 class SidecarServer:
     """The gRPC server and the pool behind it, started and stopped together."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, telemetry: Telemetry | None = None) -> None:
         self.config = config
+        self.telemetry = telemetry or Telemetry.disabled()
         self.api_key = ApiKeySource(config.api_key, config.api_key_file)
 
         async def connector() -> UpstreamConnection:
@@ -73,9 +75,21 @@ class SidecarServer:
                 connect_timeout=config.connect_timeout_s,
             )
 
-        self.pool = Pool(connector, pool_policy(config), key_changed=self.api_key.refresh)
+        self.pool = Pool(
+            connector,
+            pool_policy(config),
+            key_changed=self.api_key.refresh,
+            telemetry=self.telemetry,
+        )
+        self.telemetry.watch_pool(self.pool.status)
         self.health = health_aio.HealthServicer()
-        interceptors = [BearerTokenInterceptor(config.auth_token)] if config.auth_token else []
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        # Outermost, so calls refused by the token check are traced too.
+        tracing = self.telemetry.server_interceptor([SERVICE_NAME])
+        if tracing is not None:
+            interceptors.append(tracing)
+        if config.auth_token:
+            interceptors.append(BearerTokenInterceptor(config.auth_token))
         self._server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         self.servicer = SynthesizerServicer(self.pool, config)
         pb_grpc.add_SynthesizerServicer_to_server(self.servicer, self._server)
