@@ -91,7 +91,7 @@ class SidecarServer:
         if config.auth_token:
             interceptors.append(BearerTokenInterceptor(config.auth_token))
         self._server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
-        self.servicer = SynthesizerServicer(self.pool, config)
+        self.servicer = SynthesizerServicer(self.pool, config, telemetry=self.telemetry)
         pb_grpc.add_SynthesizerServicer_to_server(self.servicer, self._server)
         status_pb2_grpc.add_SidecarStatusServicer_to_server(
             StatusServicer(self.pool, self.servicer, config.upstream_url), self._server

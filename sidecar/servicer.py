@@ -38,6 +38,7 @@ from sidecar.errors import (
 from sidecar.params import resolve
 from sidecar.pool import Pool
 from sidecar.session import Command, Finish, Flush, Session, Text
+from sidecar.telemetry import Telemetry
 
 __all__ = ["STATUS_TABLE", "SynthesizerServicer", "status_for"]
 
@@ -131,8 +132,9 @@ def _retry_info(seconds: float) -> any_pb2.Any:
 class SynthesizerServicer(pb_grpc.SynthesizerServicer):
     """Serves both RPCs from one pool; admits at most ``max_streams`` calls at once."""
 
-    def __init__(self, pool: Pool, config: Config) -> None:
+    def __init__(self, pool: Pool, config: Config, *, telemetry: Telemetry | None = None) -> None:
         self._pool = pool
+        self._telemetry = telemetry or Telemetry.disabled()
         self._config = config
         self._upstream_host = urlsplit(config.upstream_url).hostname or "dashscope"
         self._active: set[Session] = set()
@@ -203,7 +205,11 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
 
     def _session(self, config: pb.SynthesisConfig, context: _Context) -> Session:
         params = resolve(config, self._config)
-        return Session(self._pool, self._config, params, request_id=_request_id(context))
+        request_id = _request_id(context)
+        self._telemetry.tag_call(request_id)
+        return Session(
+            self._pool, self._config, params, request_id=request_id, telemetry=self._telemetry
+        )
 
     async def _serve(
         self,

@@ -40,6 +40,7 @@ from sidecar.errors import (
 )
 from sidecar.params import TaskParams
 from sidecar.pool import Lease, Pool
+from sidecar.telemetry import Synthesis, Telemetry
 from sidecar.upstream import UpstreamTask
 
 __all__ = ["Command", "Finish", "Flush", "Session", "Text"]
@@ -77,8 +78,17 @@ class _Done:
 class Session:
     """One call's synthesis on one borrowed connection."""
 
-    def __init__(self, pool: Pool, config: Config, params: TaskParams, *, request_id: str) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        config: Config,
+        params: TaskParams,
+        *,
+        request_id: str,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self._pool = pool
+        self._telemetry = telemetry or Telemetry.disabled()
         self._config = config
         self._params = params
         self.request_id = request_id
@@ -96,6 +106,12 @@ class Session:
         self._texts_sent = 0
         self._finish_deadline: float | None = None
         self._first_audio_deadline: float | None = None
+        # For telemetry: how the call ended, and what the task did.
+        self._synthesis: Synthesis | None = None
+        self._error: BaseException | None = None
+        self._cancelled = False
+        self._sentences = 0
+        self._borrowed_at = 0.0
 
     @property
     def task_id(self) -> str | None:
@@ -120,10 +136,12 @@ class Session:
                 self._lease.connection,
             )
             yield self._started()
-            self._pumps = [
-                asyncio.create_task(self._feed(commands), name=f"feed-{self.request_id}"),
-                asyncio.create_task(self._read(), name=f"read-{self.request_id}"),
-            ]
+            assert self._synthesis is not None
+            with self._synthesis.activate():  # the pumps (and their logs) inherit the span
+                self._pumps = [
+                    asyncio.create_task(self._feed(commands), name=f"feed-{self.request_id}"),
+                    asyncio.create_task(self._read(), name=f"read-{self.request_id}"),
+                ]
             while True:
                 item = await self._outbox.get()
                 if isinstance(item, _Done):
@@ -133,6 +151,9 @@ class Session:
                 yield item
                 self._lease.touch()
             yield self._completed()
+        except BaseException as exc:
+            self._error = exc
+            raise
         finally:
             cleanup = asyncio.ensure_future(self._cleanup())
             await asyncio.shield(cleanup)
@@ -146,17 +167,36 @@ class Session:
         later failure is reported, never retried (audio may have gone out).
         """
         for attempt in (1, 2):
-            self._lease = await self._pool.acquire(acquire_timeout, fresh=attempt > 1)
+            with self._telemetry.borrow(self._pool.status) as borrow:
+                self._lease = await self._pool.acquire(acquire_timeout, fresh=attempt > 1)
+                borrow.borrowed(
+                    connection_id=self._lease.connection.id,
+                    warm=self._lease.warm,
+                    wait_ms=self._lease.wait_ms,
+                )
+            self._borrowed_at = time.monotonic()
             self._lease.on_reclaim = self._reclaimed
+            self._synthesis = self._telemetry.synthesis(
+                request_id=self.request_id,
+                model=self._params.model,
+                voice=self._params.voice,
+                audio_format=self._params.format,
+                sample_rate=self._params.sample_rate,
+                call_started=self._started_at,
+            )
             try:
-                self._task = await self._lease.connection.start_task(
-                    self._params.model,
-                    self._params.parameters,
-                    start_timeout=self._config.start_timeout_s,
+                with self._synthesis.activate():
+                    self._task = await self._lease.connection.start_task(
+                        self._params.model,
+                        self._params.parameters,
+                        start_timeout=self._config.start_timeout_s,
+                    )
+                self._synthesis.started(
+                    task_id=self._task.task_id, connection_id=self._lease.connection.id
                 )
                 return
             except UpstreamUnavailable as exc:
-                self._pool.release(self._lease.connection)
+                self._give_back(exc)
                 self._lease = None
                 if attempt > 1:
                     raise
@@ -349,6 +389,7 @@ class Session:
             self._sentence_text[event.index] = event.original_text
             return None
         if event.kind == "sentence-end":
+            self._sentences += 1
             text = event.original_text or self._sentence_text.pop(event.index, "")
             words = [
                 pb.WordTiming(
@@ -405,6 +446,7 @@ class Session:
         if self._lease is None:
             return
         if self._task is not None and not self._task.state.is_over:
+            self._cancelled = True
             reused = await self._task.cancel(self._config.cancel_timeout_s)
             log.info(
                 "request %s: task %s cancelled upstream (connection %s)",
@@ -412,4 +454,30 @@ class Session:
                 self._task.task_id,
                 "kept" if reused else "closed",
             )
-        self._pool.release(self._lease.connection)
+        self._give_back(self._error)
+
+    def _give_back(self, error: BaseException | None) -> None:
+        """End the synthesis span and return the connection to the pool, traced."""
+        assert self._lease is not None
+        task = self._task
+        if self._synthesis is not None:
+            self._synthesis.end(
+                finished=task is not None and task.state is protocol.TaskState.FINISHED,
+                cancelled=self._cancelled,
+                error=error,
+                billed_characters=task.protocol.billed_characters if task else None,
+                text_characters=task.protocol.characters_sent if task else 0,
+                first_audio_ms=self._first_audio_ms or None,
+                audio_bytes=self._audio_bytes,
+                audio_chunks=self._chunks,
+                sentences=self._sentences,
+            )
+        connection = self._lease.connection
+        with self._telemetry.returning(
+            connection.id,
+            kept=connection.reusable,
+            cancelled=self._cancelled,
+            error=error,
+            held_s=time.monotonic() - self._borrowed_at,
+        ):
+            self._pool.release(connection)

@@ -275,11 +275,11 @@ class Telemetry:
         if self.tracing:
             trace.get_current_span().set_attribute(n.REQUEST_ID, request_id)
 
-    def borrow(self, counts: PoolCounts) -> Borrow:
-        """Scope one borrow (``with``); ``counts`` is the pool's status as it begins."""
+    def borrow(self, status: Callable[[], PoolCounts]) -> Borrow:
+        """Scope one borrow (``with``); ``status()`` (the pool's counts) is read as it begins."""
         if not self.enabled:
             return _NOOP_BORROW
-        return Borrow(self, counts)
+        return Borrow(self, status)
 
     def synthesis(
         self,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -93,9 +93,9 @@ class _Current:
 class Borrow:
     """The ``borrow`` span and the pool wait-time measurement of one call."""
 
-    def __init__(self, telemetry: Telemetry, counts: PoolCounts | None) -> None:
+    def __init__(self, telemetry: Telemetry, status: Callable[[], PoolCounts] | None) -> None:
         self._t = telemetry
-        self._counts = counts
+        self._status = status
         self._started = 0.0
         self._result = ""
         self._current: _Current | None = None
@@ -105,7 +105,7 @@ class Borrow:
             return self
         self._started = time.monotonic()
         if self._t.tracing:
-            c = self._counts
+            c = self._status() if self._status is not None else None
             attributes = (
                 {
                     n.POOL_IDLE: c.idle,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +14,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from sidecar.emulator import Emulator
+from sidecar.server import SidecarServer
 from sidecar.telemetry import Telemetry
+from tests.conftest import sidecar_config
+from tests.timing import scaled
 
 
 @dataclass
@@ -76,3 +80,25 @@ def otel() -> Iterator[Otel]:
     finally:
         tracer_provider.shutdown()
         meter_provider.shutdown()
+
+
+StartTraced = Callable[..., Awaitable[SidecarServer]]
+
+
+@pytest.fixture
+async def start_traced(emulator: Emulator, otel: Otel) -> AsyncIterator[StartTraced]:
+    """Start sidecars (config overrides as keywords) whose telemetry is ``otel``'s."""
+    servers: list[SidecarServer] = []
+
+    async def start(**overrides: Any) -> SidecarServer:
+        server = SidecarServer(sidecar_config(emulator, **overrides), telemetry=otel.telemetry)
+        servers.append(server)
+        await server.start()
+        assert await server.wait_ready(scaled(5.0)), repr(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in reversed(servers):
+            await server.stop(grace=scaled(1.0))

@@ -135,7 +135,6 @@ async def test_otlp_grpc_export_reaches_a_receiver(monkeypatch: pytest.MonkeyPat
         telemetry = telemetry_from_env()
         with telemetry.connecting("warm", detached=True) as connect:
             connect.opened(3)
-        telemetry.connection_closed("shutdown")
         await telemetry.aclose()
         await eventually(lambda: bool(receiver.spans()), what="a span reaches the receiver")
     ((resource, span),) = receiver.spans()
@@ -143,4 +142,4 @@ async def test_otlp_grpc_export_reaches_a_receiver(monkeypatch: pytest.MonkeyPat
     assert span.name == "connect"
     assert span_attributes(span)["cosyvoice.connection.id"] == 3
     assert ("x-tenant", "speech") in receiver.metadata[0]
-    assert "cosyvoice.pool.connection.closed" in receiver.metric_names()
+    assert "cosyvoice.pool.connection.create_time" in receiver.metric_names()
