@@ -93,12 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _configure_logging(level: str, log_format: str = "text") -> None:
+    from sidecar.telemetry import configure_logging
+
+    configure_logging(level, log_format, sys.stderr)
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -109,8 +107,16 @@ async def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"cosyvoice-sidecar serve: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(config.log_level)
+    _configure_logging(config.log_level, config.log_format)
+    from sidecar.telemetry import telemetry_from_env
+
+    try:
+        telemetry = telemetry_from_env()  # the standard OTEL_* variables; off by default
+    except ConfigError as exc:
+        print(f"cosyvoice-sidecar serve: {exc}", file=sys.stderr)
+        return 2
     async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(telemetry.aclose)  # last: flushes the shutdown's spans too
         if config.emulator:
             from sidecar.emulator import Emulator
 
@@ -125,7 +131,7 @@ async def _serve(args: argparse.Namespace) -> int:
                 emulator.url,
             )
             print(f"emulator on {emulator.url}", flush=True)
-        server = SidecarServer(config)
+        server = SidecarServer(config, telemetry=telemetry)
         stop = _stop_event()
         address = await server.start()
         stack.push_async_callback(server.stop, config.drain_grace_s)

@@ -16,6 +16,8 @@ from typing import IO, Final
 
 from opentelemetry import trace
 
+from sidecar.config import LOG_FORMATS
+
 __all__ = [
     "LOG_FORMATS",
     "JsonFormatter",
@@ -24,7 +26,6 @@ __all__ = [
     "configure_logging",
 ]
 
-LOG_FORMATS: Final = ("text", "json")
 _TEXT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
