@@ -18,6 +18,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from sidecar.emulator import Emulator
 from sidecar.telemetry import JsonFormatter, TraceContextFilter
 from tests.helpers import assert_pool_settles, eventually, task_record
+from tests.proxy import TcpProxy
 from tests.telemetry.conftest import Otel, StartTraced, point_value
 from tests.timing import scaled
 
@@ -285,6 +286,39 @@ async def test_pool_exhausted_call_has_only_a_failed_borrow(
     assert point_value(metrics["cosyvoice.pool.connection.timeouts"]) == 1
     waits = metrics["cosyvoice.pool.connection.wait_time"]
     assert point_value(waits, **{"cosyvoice.borrow.result": "exhausted"}).count == 1
+
+
+async def test_stale_socket_retry_shows_both_attempts(
+    start_traced: StartTraced, otel: Otel, emulator: Emulator
+) -> None:
+    """A pooled socket dead without a sign: the first attempt is traced as broken and
+    discarded, the retry borrows a connection opened for it (a connect span inside)."""
+    async with TcpProxy(emulator.port) as proxy:
+        server = await start_traced(upstream_url=proxy.url(), pool_min_idle=1, pool_max_size=2)
+        proxy.break_on_next_send()
+        async with AsyncSynthesizerClient(server.address) as client:
+            result = await client.synthesize("Through a dead socket.", metadata=traceparent())
+        spans = await call_spans(otel, UNARY)
+        await eventually(lambda: server.pool.status().opening == 0, what="settled")
+    rpc = only([s for s in spans if s.name == UNARY])
+    assert children(spans, rpc) == ["borrow", "synthesis", "return"] * 2
+    first, second = sorted(in_trace(otel, TRACE_ID, "synthesis"), key=lambda s: s.start_time or 0)
+    assert attrs(first)["cosyvoice.synthesis.outcome"] == "broken"
+    assert attrs(first)["error.type"] == "UpstreamUnavailable"
+    assert attrs(second)["cosyvoice.synthesis.outcome"] == "finished"
+    assert attrs(second)["dashscope.task_id"] == result.started.task_id
+    returns = sorted(in_trace(otel, TRACE_ID, "return"), key=lambda s: s.start_time or 0)
+    assert [attrs(r)["cosyvoice.return.reason"] for r in returns] == [
+        "connection_lost",
+        "finished",
+    ]
+    borrows = sorted(in_trace(otel, TRACE_ID, "borrow"), key=lambda s: s.start_time or 0)
+    assert [attrs(b)["cosyvoice.borrow.result"] for b in borrows] == ["warm", "opened"]
+    (connect,) = [s for s in spans if s.name == "connect"]
+    assert connect.parent is not None
+    assert connect.parent.span_id == borrows[1].context.span_id
+    assert attrs(connect)["cosyvoice.connect.purpose"] == "caller"
+    assert point_value(otel.metrics()["cosyvoice.pool.stale_retries"]) == 1
 
 
 @pytest.fixture
