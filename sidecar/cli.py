@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handler = {"serve": _serve, "emulate": _emulate, "say": _say}[args.command]
+    handler = {"serve": _serve, "emulate": _emulate, "say": _say, "bench": _bench}[args.command]
     try:
         return asyncio.run(handler(args))
     except KeyboardInterrupt:
@@ -73,6 +73,16 @@ def _parser() -> argparse.ArgumentParser:
     from sidecar.emulator import cli as emulator_cli
 
     emulator_cli.add_arguments(emulate)
+
+    bench = commands.add_parser(
+        "bench",
+        help="benchmark the sidecar against the vendor SDK pool and the floor",
+        description="Run the emulator, the sidecar and the other modes as separate processes "
+        "and measure time to first audio under concurrency (Markdown on stdout; --json, --plot).",
+    )
+    from sidecar.bench import cli as bench_cli
+
+    bench_cli.add_arguments(bench)
 
     say = commands.add_parser(
         "say",
@@ -159,6 +169,12 @@ async def _emulate(args: argparse.Namespace) -> int:
 
     _configure_logging("info")
     return await emulator_cli.run(args)
+
+
+async def _bench(args: argparse.Namespace) -> int:
+    from sidecar.bench import cli as bench_cli
+
+    return await bench_cli.run(args)
 
 
 async def _say(args: argparse.Namespace) -> int:
