@@ -206,7 +206,8 @@ class Telemetry:
 
     def watch_pool(self, status: Callable[[], PoolCounts]) -> None:
         """Report ``status()`` (the pool's counts) through the connection gauges."""
-        self._pools.append(status)
+        if self.metering:  # the shared disabled instance must not keep every pool alive
+            self._pools.append(status)
 
     def _statuses(self) -> list[PoolCounts]:
         # Collection runs on the exporter's thread while the event loop mutates

@@ -102,6 +102,20 @@ async def test_streaming_call_cancelled_by_the_caller(otel: Otel, health: Any) -
     assert span.attributes["rpc.response.status_code"] == "CANCELLED"
 
 
+async def test_streaming_call_past_its_deadline(otel: Otel, health: Any) -> None:
+    """A deadline that expires mid-stream is DEADLINE_EXCEEDED, a server-side error."""
+    call = health.Watch(health_pb2.HealthCheckRequest(service="up"), timeout=scaled(0.3))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in call:
+            pass
+    assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    await eventually(lambda: bool(otel.spans()), what="the Watch span ends")
+    span = otel.span(f"{HEALTH}/Watch")
+    assert span.attributes is not None
+    assert span.attributes["rpc.response.status_code"] == "DEADLINE_EXCEEDED"
+    assert span.status.status_code is StatusCode.ERROR
+
+
 async def test_services_not_listed_are_not_traced(otel: Otel) -> None:
     """Only the listed services get spans (health probes would drown the traces)."""
     interceptor = otel.telemetry.server_interceptor(["cosyvoice.sidecar.v1.Synthesizer"])

@@ -1,0 +1,43 @@
+"""The disabled Telemetry: shared, stateless, and holding on to nothing."""
+
+from __future__ import annotations
+
+from sidecar.server import SidecarServer
+from sidecar.telemetry import Telemetry
+
+
+async def test_a_server_without_telemetry_leaves_the_shared_instance_untouched(
+    sidecar: SidecarServer,
+) -> None:
+    """Servers built without telemetry share the disabled instance; it keeps no pool alive."""
+    assert sidecar.telemetry is Telemetry.disabled()
+    assert Telemetry.disabled()._pools == []
+
+
+def test_disabled_scopes_are_shared_singletons() -> None:
+    """Off, every scope is the same do-nothing object: nothing is allocated per call."""
+    off = Telemetry.disabled()
+    assert off.borrow(lambda: None) is off.borrow(lambda: None)  # type: ignore[arg-type,return-value]
+    synthesis = off.synthesis(
+        request_id="r", model="m", voice="v", audio_format="pcm", sample_rate=1, call_started=0.0
+    )
+    assert synthesis is off.synthesis(
+        request_id="s", model="m", voice="v", audio_format="pcm", sample_rate=1, call_started=0.0
+    )
+    returning = off.returning(1, kept=True, cancelled=False, error=None)
+    assert returning is off.returning(2, kept=False, cancelled=True, error=None)
+    assert off.connecting("warm", detached=True) is off.connecting("caller", detached=False)
+    with off.borrow(lambda: None) as borrow:  # type: ignore[arg-type,return-value]
+        borrow.borrowed(connection_id=1, warm=True, wait_ms=0.0)
+    synthesis.end(
+        finished=True,
+        cancelled=False,
+        error=None,
+        billed_characters=1,
+        text_characters=1,
+        first_audio_ms=1.0,
+        audio_bytes=1,
+        audio_chunks=1,
+        sentences=1,
+    )
+    assert repr(off) == "<Telemetry tracing=off metrics=off>"
