@@ -21,21 +21,16 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import IO, Final
-
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    ConsoleMetricExporter,
-    MetricExporter,
-    PeriodicExportingMetricReader,
-)
-from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from typing import IO, TYPE_CHECKING, Final
 
 from sidecar import __version__
 from sidecar.config import ConfigError
 from sidecar.telemetry._core import Telemetry
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import MetricExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = ["ExportSettings", "telemetry_from_env"]
 
@@ -120,6 +115,15 @@ def telemetry_from_env(
     settings = ExportSettings.from_env(os.environ if env is None else env)
     if not (settings.traces or settings.metrics):
         return Telemetry.disabled()
+    # The SDK is imported only when something is exported: it costs ~50 ms at startup.
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import (
+        ConsoleMetricExporter,
+        PeriodicExportingMetricReader,
+    )
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
     out = console or sys.stderr
     resource = _resource()
     shutdown: list[Callable[[], object]] = []
@@ -152,6 +156,8 @@ def telemetry_from_env(
 
 def _resource() -> Resource:
     """The SDK's resource (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``), our defaults."""
+    from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
+
     resource = Resource.create({SERVICE_VERSION: __version__})
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
