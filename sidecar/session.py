@@ -182,7 +182,6 @@ class Session:
                 voice=self._params.voice,
                 audio_format=self._params.format,
                 sample_rate=self._params.sample_rate,
-                call_started=self._started_at,
             )
             try:
                 with self._synthesis.activate():

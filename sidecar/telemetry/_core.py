@@ -290,13 +290,8 @@ class Telemetry:
         voice: str,
         audio_format: str,
         sample_rate: int,
-        call_started: float,
     ) -> Synthesis:
-        """Start the synthesis span (ended by :meth:`Synthesis.end`).
-
-        ``call_started`` is the ``time.monotonic()`` of the call's arrival, the
-        origin of the time to first audio.
-        """
+        """Start the synthesis span (ended by :meth:`Synthesis.end`), a child of the current one."""
         if not self.enabled:
             return _NOOP_SYNTHESIS
         span = self.tracer.start_span(
@@ -309,7 +304,7 @@ class Telemetry:
                 n.AUDIO_SAMPLE_RATE: sample_rate,
             },
         )
-        return Synthesis(self, span, model=model, call_started=call_started)
+        return Synthesis(self, span, model=model)
 
     def returning(
         self,
@@ -379,6 +374,6 @@ class Telemetry:
 
 _DISABLED = Telemetry()
 _NOOP_BORROW = Borrow(_DISABLED, None)
-_NOOP_SYNTHESIS = Synthesis(_DISABLED, trace.INVALID_SPAN, model="", call_started=0.0)
+_NOOP_SYNTHESIS = Synthesis(_DISABLED, trace.INVALID_SPAN, model="")
 _NOOP_RETURN = Return(_DISABLED, 0, kept=True, reason="", held_s=None)
 _NOOP_CONNECT = Connect(_DISABLED, "", trace.INVALID_SPAN)

@@ -175,13 +175,10 @@ def _borrow_result(exc: BaseException | None) -> str:
 class Synthesis:
     """The ``synthesis`` span of one DashScope task, and the task measurements."""
 
-    def __init__(
-        self, telemetry: Telemetry, span: trace.Span, *, model: str, call_started: float
-    ) -> None:
+    def __init__(self, telemetry: Telemetry, span: trace.Span, *, model: str) -> None:
         self._t = telemetry
         self._span = span
         self._model = model
-        self._call_started = call_started
         self._started = time.monotonic()
         self._ended = False
 

@@ -19,10 +19,10 @@ def test_disabled_scopes_are_shared_singletons() -> None:
     off = Telemetry.disabled()
     assert off.borrow(lambda: None) is off.borrow(lambda: None)  # type: ignore[arg-type,return-value]
     synthesis = off.synthesis(
-        request_id="r", model="m", voice="v", audio_format="pcm", sample_rate=1, call_started=0.0
+        request_id="r", model="m", voice="v", audio_format="pcm", sample_rate=1
     )
     assert synthesis is off.synthesis(
-        request_id="s", model="m", voice="v", audio_format="pcm", sample_rate=1, call_started=0.0
+        request_id="s", model="m", voice="v", audio_format="pcm", sample_rate=1
     )
     returning = off.returning(1, kept=True, cancelled=False, error=None)
     assert returning is off.returning(2, kept=False, cancelled=True, error=None)
