@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import re
 import signal
 import sys
@@ -34,6 +35,8 @@ _DEMO_TEXT = (
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit code."""
+    # The sidecar never forks; grpc's fork support costs CPU on every call.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -99,8 +99,8 @@ class Config:
     pool_max_idle_age_s: float = 25.0
     pool_max_lifetime_s: float = 600.0
     pool_shrink_after_s: float = 15.0
-    pool_connect_burst: int = 32
-    pool_connect_rate: float = 32.0
+    pool_connect_burst: int = 64
+    pool_connect_rate: float = 64.0
     pool_auth_probe_interval_s: float = 30.0
     pool_lease_stall_s: float = 60.0
     connect_timeout_s: float = 5.0

@@ -70,8 +70,8 @@ class PoolPolicy:
     max_lifetime: float = 600.0
     age_jitter: float = 0.2
     shrink_after: float = 15.0
-    connect_burst: int = 32
-    connect_rate: float = 32.0
+    connect_burst: int = 64
+    connect_rate: float = 64.0
     backoff_initial: float = 0.2
     backoff_max: float = 10.0
     auth_probe_interval: float = 30.0
@@ -313,12 +313,17 @@ class Pool:
             self._close(connection, "failed")
         else:
             self._make_idle(connection)
-        self._tick()
+        self._replenish()
 
     # ------------------------------------------------------------ the one step
 
     def _tick(self) -> None:
-        """Decide and start everything the pool should do now (no awaiting)."""
+        """Decide and start everything the pool should do now (no awaiting).
+
+        Runs every ``tick`` seconds: the scans over every connection (stale,
+        stalled, shrink, renew) live here, so lending and returning stay
+        constant-time and only call :meth:`_replenish`.
+        """
         if self._closed:
             return
         now = time.monotonic()
@@ -327,16 +332,25 @@ class Pool:
             self._retry_after = 0.0
         self._drop_stale_idle()
         self._reclaim_stalled_leases(now)
-        target = min(len(self._busy) + self.min_idle + self._live_waiters(), self.max_size)
-        self._shrink(now, target)
+        self._shrink(now, self._target())
         self._renew(now)
+        self._replenish(now)
+
+    def _target(self) -> int:
+        return min(len(self._busy) + self.min_idle + self._live_waiters(), self.max_size)
+
+    def _replenish(self, now: float | None = None) -> None:
+        """Start the connects that bring the pool up to its target (no scans)."""
+        if self._closed:
+            return
+        now = time.monotonic() if now is None else now
         if self._breaker.is_open:
             if self._opening == 0 and self._breaker.allow_probe(now):
                 self._start_open(reason="probe")
             return
         if now < self._retry_after:
             return
-        deficit = target - self._total()
+        deficit = self._target() - self._total()
         if self._opened_total == 0 or self._failures:
             # Until a connect has succeeded (first start, upstream down, a key
             # not yet proven), one attempt at a time: a bad key or a dead
@@ -404,7 +418,7 @@ class Pool:
         self._renewing.discard(connection)
         lease = Lease(connection, warm=warm, wait_ms=(time.monotonic() - started) * 1000)
         self._busy[connection] = lease
-        self._tick()
+        self._replenish()
         return lease
 
     def _make_idle(self, connection: UpstreamConnection) -> None:
@@ -514,7 +528,7 @@ class Pool:
         if len(self._idle) >= self.min_idle and not self._warmed_once:
             self._warmed_once = True
         self._signal_ready()
-        self._tick()
+        self._replenish()
 
     def _note_success(self) -> None:
         self._backoff = backoff_delays(

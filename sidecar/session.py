@@ -75,6 +75,16 @@ class _Done:
     """Outbox sentinel: the task finished, every response has been queued."""
 
 
+class _Flushed:
+    """Outbox marker: a flush went upstream (answered in order with the audio)."""
+
+
+# What the pumps hand the writer: raw audio bytes (turned into AudioChunks, and
+# merged while several wait, by the writer), ready responses, markers, errors.
+_Item = bytes | pb.SynthesizeResponse | _Flushed | _Done | BaseException
+_WAV_HEADER_BYTES: Final = 44
+
+
 class Session:
     """One call's synthesis on one borrowed connection."""
 
@@ -93,14 +103,16 @@ class Session:
         self._params = params
         self.request_id = request_id
         self._started_at = time.monotonic()
-        self._outbox: asyncio.Queue[pb.SynthesizeResponse | _Done | BaseException] = asyncio.Queue(
-            _OUTBOX_SIZE
-        )
+        self._outbox: asyncio.Queue[_Item] = asyncio.Queue(_OUTBOX_SIZE)
         self._lease: Lease | None = None
         self._task: UpstreamTask | None = None
         self._pumps: list[asyncio.Task[None]] = []
-        self._chunks = 0
-        self._audio_bytes = 0
+        self._chunks = 0  # audio chunks sent to the caller
+        self._audio_bytes = 0  # audio bytes sent to the caller
+        self._frames = 0  # audio frames received from the upstream
+        self._deadline: float | None = None  # when the next upstream frame is overdue
+        self._timer: asyncio.TimerHandle | None = None
+        self._timed_out = False
         self._first_audio_ms = 0.0
         self._sentence_text: dict[int, str] = {}
         self._texts_sent = 0
@@ -142,14 +154,33 @@ class Session:
                     asyncio.create_task(self._feed(commands), name=f"feed-{self.request_id}"),
                     asyncio.create_task(self._read(), name=f"read-{self.request_id}"),
                 ]
+            lease = self._lease
+            pending: _Item | None = None
             while True:
-                item = await self._outbox.get()
-                if isinstance(item, _Done):
+                item = pending if pending is not None else await self._outbox.get()
+                pending = None
+                if isinstance(item, bytes):
+                    # Audio that piled up while the caller was slow goes out as one
+                    # chunk: fewer gRPC writes exactly when the sidecar is behind,
+                    # and no added latency (nothing waits for more).
+                    parts = [item]
+                    while not self._outbox.empty():
+                        following = self._outbox.get_nowait()
+                        if not isinstance(following, bytes):
+                            pending = following
+                            break
+                        parts.append(following)
+                    item = self._audio_response(parts[0] if len(parts) == 1 else b"".join(parts))
+                elif isinstance(item, _Flushed):
+                    item = pb.SynthesizeResponse(
+                        flushed=pb.FlushAcknowledged(audio_chunks_before=self._chunks)
+                    )
+                elif isinstance(item, _Done):
                     break
-                if isinstance(item, BaseException):
+                elif isinstance(item, BaseException):
                     raise item
                 yield item
-                self._lease.touch()
+                lease.touch()
             yield self._completed()
         except BaseException as exc:
             self._error = exc
@@ -253,11 +284,7 @@ class Session:
                 elif isinstance(command, Flush):
                     await task.flush()
                     self._note_synthesis_requested()
-                    await self._outbox.put(
-                        pb.SynthesizeResponse(
-                            flushed=pb.FlushAcknowledged(audio_chunks_before=self._chunks)
-                        )
-                    )
+                    await self._outbox.put(_Flushed())
                 else:
                     break
             # Finish, or the caller half-closed: both mean no more text.
@@ -265,10 +292,10 @@ class Session:
                 if self._texts_sent == 0:
                     raise InvalidRequest("text", "the stream carried no text")
                 await task.finish()
-                self._note_synthesis_requested()
                 self._finish_deadline = (
                     asyncio.get_running_loop().time() + self._config.finish_timeout_s
                 )
+                self._note_synthesis_requested()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - handed to the writer, which raises it
@@ -314,76 +341,96 @@ class Session:
         task, lease = self._task, self._lease
         try:
             while not task.state.is_over:
-                bound = self._read_bound()
-                try:
-                    if bound is None:
-                        event = await task.next_event()
-                    else:
-                        async with asyncio.timeout(bound):
-                            event = await task.next_event()
-                except TimeoutError as exc:
-                    raise self._timeout_error() from exc
+                event = await task.next_event()
                 lease.touch()
-                if isinstance(event, protocol.AudioReceived | protocol.SentenceEvent):
-                    response = self._response_for(event)
+                if isinstance(event, protocol.AudioReceived):
+                    if task.state is not protocol.TaskState.CANCELLING:
+                        if self._frames == 0:
+                            self._first_audio_ms = (time.monotonic() - self._started_at) * 1000
+                        self._frames += 1
+                        await self._outbox.put(event.data)
+                elif isinstance(event, protocol.SentenceEvent):
+                    response = self._sentence_response(event)
                     if response is not None:
                         await self._outbox.put(response)
+                self._arm()
             await self._outbox.put(_Done())
         except asyncio.CancelledError:
-            raise
+            if not self._timed_out:
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            await self._outbox.put(self._timeout_error())
         except BaseException as exc:  # noqa: BLE001 - handed to the writer, which raises it
             await self._outbox.put(exc)
 
     def _note_synthesis_requested(self) -> None:
         """From a flush or finish on, audio must start within first_audio_timeout_s."""
-        if self._first_audio_deadline is None and self._chunks == 0:
+        if self._first_audio_deadline is None and self._frames == 0:
             self._first_audio_deadline = (
                 asyncio.get_running_loop().time() + self._config.first_audio_timeout_s
             )
+        self._arm()
 
-    def _read_bound(self) -> float | None:
-        """Return how long the next upstream frame may take, or None for no bound.
+    def _arm(self) -> None:
+        """Set when the next upstream frame is overdue, and make sure a timer watches it.
 
         Before a flush or finish, silence is legitimate (DashScope waits for a
         sentence end, and the caller-idle bound covers the caller); after it,
         the first audio, each following frame and task-finished are bounded.
+        One lazy timer serves the whole task: a frame only moves the deadline,
+        and the timer re-arms itself when it fires early, so the per-frame cost
+        is a few comparisons.
         """
-        now = asyncio.get_running_loop().time()
-        bounds: list[float] = []
-        if self._chunks == 0 and self._first_audio_deadline is not None:
-            bounds.append(self._first_audio_deadline - now)
+        loop = asyncio.get_running_loop()
+        deadline = None
+        if self._frames == 0:
+            deadline = self._first_audio_deadline
         if self._finish_deadline is not None:
-            bounds.append(self._finish_deadline - now)
-            if self._chunks:
-                bounds.append(self._config.stall_timeout_s)
-        return max(min(bounds), 0.0) if bounds else None
+            deadline = min(deadline or self._finish_deadline, self._finish_deadline)
+            if self._frames:
+                deadline = min(deadline, loop.time() + self._config.stall_timeout_s)
+        self._deadline = deadline
+        if deadline is not None and self._timer is None:
+            self._timer = loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._deadline is None or len(self._pumps) < 2 or self._pumps[1].done():
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:
+            self._timer = loop.call_at(self._deadline, self._on_timer)
+            return
+        self._timed_out = True
+        self._pumps[1].cancel()  # the reader turns this into the timeout error
 
     def _timeout_error(self) -> UpstreamTimeout:
         now = asyncio.get_running_loop().time()
         if self._finish_deadline is not None and now >= self._finish_deadline:
             what = f"no task-finished within {self._config.finish_timeout_s:g}s after finish"
-        elif self._chunks == 0:
+        elif self._frames == 0:
             what = f"no audio within {self._config.first_audio_timeout_s:g}s after flush/finish"
         else:
             what = f"upstream stalled for {self._config.stall_timeout_s:g}s between frames"
         return UpstreamTimeout(what)
 
-    def _response_for(
-        self, event: protocol.AudioReceived | protocol.SentenceEvent
-    ) -> pb.SynthesizeResponse | None:
-        if isinstance(event, protocol.AudioReceived):
-            if self._task is not None and self._task.state is protocol.TaskState.CANCELLING:
-                return None
-            if self._chunks == 0:
-                self._first_audio_ms = (time.monotonic() - self._started_at) * 1000
-            chunk = pb.AudioChunk(
-                data=event.data,
-                sequence=self._chunks,
-                duration_ms=self._params.audio_ms(len(event.data)),
-            )
-            self._chunks += 1
-            self._audio_bytes += len(event.data)
-            return pb.SynthesizeResponse(audio=chunk)
+    def _audio_response(self, data: bytes) -> pb.SynthesizeResponse:
+        before = self._audio_bytes
+        self._audio_bytes += len(data)
+        duration = self._audio_ms(self._audio_bytes) - self._audio_ms(before)
+        chunk = pb.AudioChunk(data=data, sequence=self._chunks, duration_ms=duration)
+        self._chunks += 1
+        return pb.SynthesizeResponse(audio=chunk)
+
+    def _audio_ms(self, total_bytes: int) -> float:
+        """Duration of the first ``total_bytes`` of the call's audio (a WAV header counts 0)."""
+        if self._params.format == "wav":
+            total_bytes = max(total_bytes - _WAV_HEADER_BYTES, 0)
+        return self._params.audio_ms(total_bytes)
+
+    def _sentence_response(self, event: protocol.SentenceEvent) -> pb.SynthesizeResponse | None:
         if event.kind == "sentence-begin":
             self._sentence_text[event.index] = event.original_text
             return None
@@ -429,7 +476,7 @@ class Session:
             completed=pb.Completed(
                 billed_characters=self._task.protocol.billed_characters or 0,
                 first_audio_ms=self._first_audio_ms,
-                audio_duration_ms=self._params.audio_ms(self._audio_bytes),
+                audio_duration_ms=self._audio_ms(self._audio_bytes),
                 audio_bytes=self._audio_bytes,
                 audio_chunks=self._chunks,
             )
@@ -438,6 +485,9 @@ class Session:
     # --------------------------------------------------------------- cleanup
 
     async def _cleanup(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for pump in self._pumps:
             pump.cancel()
         if self._pumps:

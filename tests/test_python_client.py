@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 from cosyvoice.sidecar.v1 import synthesizer_pb2 as pb
-from cosyvoice_sidecar_client import SynthesisResult, SynthesizerClient
+from cosyvoice_sidecar_client import SynthesisResult
 
 from sidecar.emulator import Emulator
 from sidecar.server import SidecarServer
-from tests.helpers import sha256, task_record
+from tests.helpers import task_record
 
 CLIENTS = Path(__file__).resolve().parent.parent / "clients" / "python"
 
@@ -35,20 +35,37 @@ def test_client_imports_without_the_sidecar() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+_SYNC_CALL = """
+import hashlib, sys
+from cosyvoice_sidecar_client import SynthesisResult, SynthesizerClient
+with SynthesizerClient(sys.argv[1]) as client:
+    result = SynthesisResult()
+    for response in client.stream(["Blocking ", "client, ", "three fragments."], timeout=30):
+        result.add(response)
+print(result.started.task_id, hashlib.sha256(result.audio).hexdigest(), result.chunks,
+      result.completed.audio_chunks)
+"""
+
+
 async def test_sync_client_streams_fragments(sidecar: SidecarServer, emulator: Emulator) -> None:
-    """The blocking client's stream() sends fragments and yields every response in order."""
+    """The blocking client's stream() sends fragments and yields every response in order.
 
-    def call() -> SynthesisResult:  # blocking: runs off the event loop serving the sidecar
-        with SynthesizerClient(sidecar.address) as client:
-            result = SynthesisResult()
-            for response in client.stream(["Blocking ", "client, ", "three fragments."]):
-                result.add(response)
-            return result
-
-    result = await asyncio.wait_for(asyncio.to_thread(call), 30)
-    record = task_record(emulator, result.started.task_id)
-    assert sha256(result.audio) == record.audio_sha256
-    assert result.completed.audio_chunks == result.chunks
+    It runs in its own process, as blocking callers do: grpc's sync and asyncio
+    stacks in one process can starve each other.
+    """
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _SYNC_CALL,
+        sidecar.address,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    task_id, digest, chunks, completed_chunks = out.decode().split()
+    assert digest == task_record(emulator, task_id).audio_sha256
+    assert chunks == completed_chunks
 
 
 def test_result_refuses_a_sequence_gap() -> None:
