@@ -28,12 +28,12 @@ var (
 // and skips the examples, which cannot skip themselves.
 func Main(m *testing.M) int {
 	flag.Parse()
-	bin := os.Getenv("COSYVOICE_SIDECAR_BIN")
+	bin, why, err := binary()
 	switch {
-	case bin == "" && os.Getenv("CI") != "":
-		sharedErr = fmt.Errorf("COSYVOICE_SIDECAR_BIN is not set, and CI is set: the client tests must run")
-	case bin == "":
-		skipWhy = "COSYVOICE_SIDECAR_BIN is not set (run through `make test-go`, or set it to .venv/bin/cosyvoice-sidecar)"
+	case err != nil:
+		sharedErr = err
+	case why != "":
+		skipWhy = why
 		fmt.Fprintf(os.Stderr, "sidecartest: skipping tests and examples: %s\n", skipWhy)
 		if f := flag.Lookup("test.skip"); f != nil && f.Value.String() == "" {
 			_ = f.Value.Set("^Example")
@@ -69,6 +69,45 @@ func Get(t testing.TB) *Sidecar {
 		t.Fatal("sidecartest.Get called without sidecartest.Main in TestMain")
 	}
 	return nil
+}
+
+// StartForTest starts a sidecar of the test's own, with opts (e.g. the
+// environment that turns its telemetry on), or ends the test as [Get] does.
+// The sidecar is stopped when the test ends, unless the test stopped it
+// itself with [Sidecar.Stop]; either way a sidecar that does not exit
+// cleanly fails the test.
+func StartForTest(t testing.TB, opts Options) *Sidecar {
+	t.Helper()
+	bin, why, err := binary()
+	switch {
+	case err != nil:
+		t.Fatal(err)
+	case why != "":
+		t.Skip(why)
+	}
+	s, err := StartWith(bin, Scale(60*time.Second), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Stop(Scale(20 * time.Second)); err != nil {
+			t.Errorf("%v\n--- sidecar stderr ---\n%s", err, s.Logs())
+		}
+	})
+	return s
+}
+
+// binary returns $COSYVOICE_SIDECAR_BIN, or why the tests skip without it,
+// or, under $CI, the error that fails them.
+func binary() (bin, skip string, err error) {
+	bin = os.Getenv("COSYVOICE_SIDECAR_BIN")
+	switch {
+	case bin == "" && os.Getenv("CI") != "":
+		return "", "", fmt.Errorf("COSYVOICE_SIDECAR_BIN is not set, and CI is set: the client tests must run")
+	case bin == "":
+		return "", "COSYVOICE_SIDECAR_BIN is not set (run through `make test-go`, or set it to .venv/bin/cosyvoice-sidecar)", nil
+	}
+	return bin, "", nil
 }
 
 // SetKnob sets one emulator knob for the rest of the test and restores its

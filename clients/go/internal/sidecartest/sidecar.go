@@ -37,13 +37,42 @@ type Sidecar struct {
 	logs     *tail
 	exited   chan struct{}
 	waitErr  error
+
+	stopOnce sync.Once
+	stopErr  error
 }
 
-// Start launches bin and waits (at most timeout) until it prints the
-// emulator and serving lines on stdout.
+// Options change how [StartWith] runs the sidecar.
+type Options struct {
+	// Env holds extra environment entries, "NAME=value", e.g.
+	// "OTEL_TRACES_EXPORTER=console". The sidecar inherits the test's
+	// environment except the OTEL_* variables, so that a test gets the
+	// telemetry it asks for here and no other; Env is added after that and
+	// its entries win.
+	Env []string
+	// LogLimit is how many bytes of the sidecar's stderr [Sidecar.Logs] keeps
+	// (the last ones); 0 means 64 KiB.
+	LogLimit int
+}
+
+// Start launches bin with the default [Options] and waits (at most timeout)
+// until it prints the emulator and serving lines on stdout.
 func Start(bin string, timeout time.Duration) (*Sidecar, error) {
+	return StartWith(bin, timeout, Options{})
+}
+
+// StartWith is [Start] with options.
+func StartWith(bin string, timeout time.Duration, opts Options) (*Sidecar, error) {
 	cmd := exec.Command(bin, "serve", "--emulator", "--listen", "127.0.0.1:0")
-	logs := &tail{max: 64 << 10}
+	cmd.Env = append(environWithoutOTel(), opts.Env...)
+	// Wait gives up on the output pipes this long after the exit, should a
+	// grandchild still hold them.
+	cmd.WaitDelay = 5 * time.Second
+	limit := opts.LogLimit
+	if limit <= 0 {
+		limit = 64 << 10
+	}
+	logs := &tail{max: limit}
 	cmd.Stderr = logs
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -109,8 +138,14 @@ func Start(bin string, timeout time.Duration) (*Sidecar, error) {
 }
 
 // Stop sends SIGTERM and waits at most grace for the exit, then kills. It
-// returns an error unless the sidecar exited with status 0 in time.
+// returns an error unless the sidecar exited with status 0 in time. Only the
+// first call acts; later ones return its result.
 func (s *Sidecar) Stop(grace time.Duration) error {
+	s.stopOnce.Do(func() { s.stopErr = s.stop(grace) })
+	return s.stopErr
+}
+
+func (s *Sidecar) stop(grace time.Duration) error {
 	select {
 	case <-s.exited:
 		return fmt.Errorf("sidecar had already exited: %v", s.waitErr)
@@ -130,8 +165,26 @@ func (s *Sidecar) Stop(grace time.Duration) error {
 	}
 }
 
-// Logs returns the last part of the sidecar's stderr, for failure messages.
+// Logs returns the last part of the sidecar's stderr (see
+// [Options.LogLimit]), for failure messages. Once [Sidecar.Stop] has
+// returned, it ends with the last bytes the sidecar wrote.
 func (s *Sidecar) Logs() string { return s.logs.String() }
+
+// LogsDropped returns how many bytes of stderr, from its start, [Sidecar.Logs]
+// no longer holds.
+func (s *Sidecar) LogsDropped() int64 { return s.logs.Dropped() }
+
+// environWithoutOTel is the test's environment minus the OTEL_* variables.
+func environWithoutOTel() []string {
+	env := os.Environ()
+	out := env[:0:0]
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, "OTEL_") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
 
 // Task is the emulator's record of one DashScope task.
 type Task struct {
@@ -244,9 +297,10 @@ func Scale(d time.Duration) time.Duration {
 
 // tail keeps the last max bytes written to it.
 type tail struct {
-	mu  sync.Mutex
-	max int
-	buf []byte
+	mu      sync.Mutex
+	max     int
+	buf     []byte
+	dropped int64
 }
 
 func (t *tail) Write(p []byte) (int, error) {
@@ -255,6 +309,7 @@ func (t *tail) Write(p []byte) (int, error) {
 	t.buf = append(t.buf, p...)
 	if over := len(t.buf) - t.max; over > 0 {
 		t.buf = append(t.buf[:0], t.buf[over:]...)
+		t.dropped += int64(over)
 	}
 	return len(p), nil
 }
@@ -263,4 +318,10 @@ func (t *tail) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return string(t.buf)
+}
+
+func (t *tail) Dropped() int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.dropped
 }
