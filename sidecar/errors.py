@@ -108,9 +108,13 @@ class UpstreamTimeout(UpstreamError):
 
 
 class UpstreamTaskFailed(UpstreamError):
-    """Raised for a ``task-failed`` event (§9); ``code`` is DashScope's ``error_code``."""
+    """Raised for a ``task-failed`` event (§9); ``code`` is DashScope's ``error_code``.
 
-    def __init__(self, code: str, message: str) -> None:
+    ``task_id`` names the DashScope task, for logs, traces and support requests.
+    """
+
+    def __init__(self, code: str, message: str, task_id: str = "") -> None:
         super().__init__(f"DashScope task failed: {code}: {message}")
         self.code = code
         self.message = message
+        self.task_id = task_id

@@ -231,7 +231,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                 "request %s: %s (task %s): %s",
                 session.request_id if session else "-",
                 _code_name(status.code),
-                (session.task_id if session else None) or "-",
+                (session.task_id if session else None) or getattr(exc, "task_id", "") or "-",
                 exc,
             )
             await context.abort_with_status(rpc_status.to_status(status))

@@ -35,6 +35,7 @@ from sidecar.errors import (
     CallerIdle,
     InvalidRequest,
     SidecarError,
+    UpstreamTaskFailed,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -225,6 +226,12 @@ class Session:
                     task_id=self._task.task_id, connection_id=self._lease.connection.id
                 )
                 return
+            except UpstreamTaskFailed as exc:
+                # Refused at start (a bad voice, throttling): the task still has an id.
+                self._synthesis.started(
+                    task_id=exc.task_id, connection_id=self._lease.connection.id
+                )
+                raise
             except UpstreamUnavailable as exc:
                 self._give_back(exc)
                 self._lease = None

@@ -247,7 +247,7 @@ class UpstreamTask:
             raise UpstreamUnavailable(f"upstream protocol violation: {exc}") from exc
         if isinstance(event, protocol.TaskFailed):
             self._end()
-            raise UpstreamTaskFailed(event.code, event.message)
+            raise UpstreamTaskFailed(event.code, event.message, event.task_id)
         if isinstance(event, protocol.TaskFinished):
             self._end()
         return event

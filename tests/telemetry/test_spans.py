@@ -190,6 +190,8 @@ async def test_failed_task_span_tree(
     assert synthesis_span.status.status_code is StatusCode.ERROR
     assert synthesis["cosyvoice.audio.bytes"] == 0
     assert "cosyvoice.first_audio_ms" not in synthesis
+    # Refused at run-task, the task still has an id for DashScope support.
+    assert synthesis["dashscope.task_id"] == emulator.stats.tasks[-1].task_id
 
     returned = attrs(only(in_trace(otel, TRACE_ID, "return")))
     assert returned["cosyvoice.return.result"] == "discarded"
