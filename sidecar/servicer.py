@@ -193,9 +193,18 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
         request_iterator: AsyncIterator[pb.StreamingSynthesizeRequest],
         context: grpc.aio.ServicerContext[pb.StreamingSynthesizeRequest, pb.SynthesizeResponse],
     ) -> AsyncIterator[pb.SynthesizeResponse]:
-        first = await anext(aiter(request_iterator), None)
+        idle_s = self._config.caller_idle_timeout_s
+        first: pb.StreamingSynthesizeRequest | None = None
+        silent = False
+        try:
+            async with asyncio.timeout(idle_s):  # a silent caller holds nothing for long
+                first = await anext(aiter(request_iterator), None)
+        except TimeoutError:
+            silent = True
 
         def prepare() -> Session:
+            if silent:
+                raise CallerIdle(f"no config within {idle_s:g}s of opening the stream")
             if first is None or first.WhichOneof("request") != "config":
                 raise InvalidRequest("config", "the first request must carry the config")
             return self._session(first.config, context)

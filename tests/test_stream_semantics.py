@@ -39,6 +39,17 @@ async def test_silent_caller_is_ended_before_dashscope_would(
     await assert_pool_settles(server, emulator)
 
 
+async def test_stream_without_a_config_is_ended(start_sidecar: StartSidecar) -> None:
+    """A stream opened but silent is ended after the idle bound, before it borrows anything."""
+    server = await start_sidecar(caller_idle_timeout_s=scaled(0.3))
+    async with AsyncSynthesizerClient(server.address) as client:
+        call = client._stub.StreamingSynthesize(timeout=scaled(10))
+        error = await _error_of(call.read())
+    assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "no config within" in (error.details() or "")
+    assert server.pool.status().busy == 0
+
+
 async def test_first_audio_timeout(start_sidecar: StartSidecar, emulator: Emulator) -> None:
     """Upstream silent after finish: UNAVAILABLE naming the first-audio bound, no hang."""
     server = await start_sidecar(first_audio_timeout_s=scaled(0.3))
