@@ -10,6 +10,7 @@ doing; anything else reaching the servicer is a bug and becomes INTERNAL.
     SidecarError
     ├── InvalidRequest          caller's fault: bad config or text (INVALID_ARGUMENT)
     ├── CallerIdle              no text and no finish for too long (FAILED_PRECONDITION)
+    ├── CallerCancelled         the caller hung up mid-stream (CANCELLED)
     ├── TooManyStreams          over the admitted number of concurrent calls (RESOURCE_EXHAUSTED)
     ├── PoolExhausted           every connection busy past the wait bound (RESOURCE_EXHAUSTED)
     ├── PoolClosed              the sidecar is shutting down (UNAVAILABLE)
@@ -23,6 +24,7 @@ doing; anything else reaching the servicer is a bug and becomes INTERNAL.
 from __future__ import annotations
 
 __all__ = [
+    "CallerCancelled",
     "CallerIdle",
     "InvalidRequest",
     "PoolClosed",
@@ -58,6 +60,14 @@ class CallerIdle(SidecarError):
 
     DashScope itself fails a task after 23 s without text (§7); ending the call
     first lets the status say what happened and keeps the connection clean.
+    """
+
+
+class CallerCancelled(SidecarError):
+    """Raised when the request stream ends because the caller cancelled. Expected.
+
+    Distinguishes a hang-up from a half-close, which means finish: a cancelled
+    call's text must not be synthesized to the end.
     """
 
 

@@ -23,6 +23,7 @@ from grpc_status import rpc_status
 
 from sidecar.config import Config
 from sidecar.errors import (
+    CallerCancelled,
     CallerIdle,
     InvalidRequest,
     PoolClosed,
@@ -48,11 +49,14 @@ log = logging.getLogger(__name__)
 
 ERROR_DOMAIN: Final = "cosyvoice-sidecar"
 _MAX_REQUEST_ID = 128
+# How many times (1 ms apart) a request stream's end is checked for a hang-up.
+_HANGUP_CHECKS: Final = 5
 
 # Sidecar errors → gRPC codes. The README's error table mirrors this one.
 STATUS_TABLE: Final[dict[type[SidecarError], grpc.StatusCode]] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     CallerIdle: grpc.StatusCode.FAILED_PRECONDITION,
+    CallerCancelled: grpc.StatusCode.CANCELLED,
     TooManyStreams: grpc.StatusCode.RESOURCE_EXHAUSTED,
     PoolExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     PoolClosed: grpc.StatusCode.UNAVAILABLE,
@@ -209,7 +213,8 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                 raise InvalidRequest("config", "the first request must carry the config")
             return self._session(first.config, context)
 
-        async for response in self._serve(prepare, _commands(request_iterator), context):
+        commands = _commands(request_iterator, context)
+        async for response in self._serve(prepare, commands, context):
             yield response
 
     def _session(self, config: pb.SynthesisConfig, context: _Context) -> Session:
@@ -267,7 +272,7 @@ def _code_name(code: int) -> str:
 
 
 async def _commands(
-    requests: AsyncIterator[pb.StreamingSynthesizeRequest],
+    requests: AsyncIterator[pb.StreamingSynthesizeRequest], context: _Context
 ) -> AsyncIterator[Command]:
     """Turn the request stream (after the config) into commands, validating each."""
     async for request in requests:
@@ -283,6 +288,14 @@ async def _commands(
             raise InvalidRequest("config", "only the first request may carry the config")
         else:
             raise InvalidRequest("request", "a request must set config, text, flush or finish")
+    # The stream ended without finish: a half-close (finish), or the caller hung up.
+    # grpc ends the request stream of a cancelled call like a half-close and may
+    # mark the call cancelled a moment later: look again before finishing, so a
+    # hang-up never makes DashScope synthesize (and bill) the rest of the text.
+    for _ in range(_HANGUP_CHECKS):
+        if context.cancelled() or context.done():
+            raise CallerCancelled("the caller cancelled the call")
+        await asyncio.sleep(0.001)
 
 
 def _request_id(context: _Context) -> str:

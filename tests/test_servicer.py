@@ -301,3 +301,16 @@ async def test_exhausted_pool_waits_then_resource_exhausted(
     assert errors[0].code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert emulator.stats.peak_open_connections <= 2
     await assert_pool_settles(server, emulator)
+
+
+async def test_half_close_means_finish(client: AsyncSynthesizerClient, emulator: Emulator) -> None:
+    """A stream half-closed without a finish message is finished, not treated as a hang-up."""
+    requests = [
+        pb.StreamingSynthesizeRequest(config=pb.SynthesisConfig()),
+        pb.StreamingSynthesizeRequest(text="Half-closed, never finished explicitly."),
+    ]
+    stream = await _raw_stream(client, requests)
+    responses = [r async for r in stream]
+    assert responses[-1].HasField("completed")
+    task_id = responses[0].started.task_id
+    assert task_record(emulator, task_id).outcome == "finished"
