@@ -774,8 +774,10 @@ func (x *Started) GetPoolWaitMs() float64 {
 // A piece of audio.
 type AudioChunk struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Audio bytes exactly as the upstream sent them. Concatenating `data` of
-	// all chunks in order gives the complete audio file or stream.
+	// Audio bytes exactly as the upstream sent them: one upstream frame, or
+	// several merged when they piled up while the caller read slowly.
+	// Concatenating `data` of all chunks in order gives the complete audio file
+	// or stream.
 	Data []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
 	// Position of this chunk in the call, starting at 0, without gaps.
 	Sequence uint64 `protobuf:"varint,2,opt,name=sequence,proto3" json:"sequence,omitempty"`

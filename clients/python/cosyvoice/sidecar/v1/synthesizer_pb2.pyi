@@ -418,8 +418,10 @@ class AudioChunk(_message.Message):
     SEQUENCE_FIELD_NUMBER: _builtins.int
     DURATION_MS_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
-    """Audio bytes exactly as the upstream sent them. Concatenating `data` of
-    all chunks in order gives the complete audio file or stream.
+    """Audio bytes exactly as the upstream sent them: one upstream frame, or
+    several merged when they piled up while the caller read slowly.
+    Concatenating `data` of all chunks in order gives the complete audio file
+    or stream.
     """
     sequence: _builtins.int
     """Position of this chunk in the call, starting at 0, without gaps."""
