@@ -43,9 +43,10 @@ import random
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 from sidecar.errors import PoolClosed, PoolExhausted, UpstreamAuthError, UpstreamError
+from sidecar.lease import Lease
+from sidecar.pool_policy import PoolPolicy, PoolStatus
 from sidecar.retry import Breaker, TokenBucket, backoff_delays
 from sidecar.telemetry import Telemetry
 from sidecar.upstream import UpstreamConnection
@@ -55,68 +56,6 @@ __all__ = ["Lease", "Pool", "PoolPolicy", "PoolStatus"]
 log = logging.getLogger(__name__)
 
 Connector = Callable[[], Awaitable[UpstreamConnection]]
-
-
-@dataclass(frozen=True)
-class PoolPolicy:
-    """How the pool sizes, renews and protects its connections (times in seconds)."""
-
-    min_idle: int = 2
-    max_size: int = 32
-    acquire_timeout: float = 5.0
-    # DashScope closes idle sockets after an unconfirmed delay (§7; the SDK
-    # renews after 25-35 s): renew well before, jittered so renewals spread.
-    max_idle_age: float = 25.0
-    max_lifetime: float = 600.0
-    age_jitter: float = 0.2
-    shrink_after: float = 15.0
-    connect_burst: int = 64
-    connect_rate: float = 64.0
-    backoff_initial: float = 0.2
-    backoff_max: float = 10.0
-    auth_probe_interval: float = 30.0
-    lease_stall: float = 60.0
-    tick: float = 0.1
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.min_idle <= self.max_size or self.max_size < 1:
-            raise ValueError("need 0 <= min_idle <= max_size and max_size >= 1")
-
-
-@dataclass(frozen=True)
-class PoolStatus:
-    """A read-only snapshot of the pool's counts (operators, telemetry, tests)."""
-
-    idle: int
-    busy: int
-    opening: int
-    closing: int
-    waiters: int
-    max_size: int
-    min_idle: int
-    ready: bool
-    breaker_open: bool
-    last_error: str
-    opened_total: int
-    closed_total: dict[str, int] = field(default_factory=dict)
-    stale_retries: int = 0
-
-
-class Lease:
-    """One borrowed connection: how it was obtained and when its call last did something."""
-
-    __slots__ = ("connection", "last_activity", "on_reclaim", "wait_ms", "warm")
-
-    def __init__(self, connection: UpstreamConnection, *, warm: bool, wait_ms: float) -> None:
-        self.connection = connection
-        self.warm = warm  # True: it was idle and open already; False: opened for this call
-        self.wait_ms = wait_ms
-        self.last_activity = time.monotonic()
-        self.on_reclaim: Callable[[], None] | None = None
-
-    def touch(self) -> None:
-        """Record activity of the call (keeps the lease from being reclaimed)."""
-        self.last_activity = time.monotonic()
 
 
 class Pool:
