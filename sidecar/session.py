@@ -43,6 +43,7 @@ from sidecar.params import TaskParams
 from sidecar.pool import Lease, Pool
 from sidecar.telemetry import Synthesis, Telemetry
 from sidecar.upstream import UpstreamTask
+from sidecar.watchdog import Watchdog
 
 __all__ = ["Command", "Finish", "Flush", "Session", "Text"]
 
@@ -111,8 +112,7 @@ class Session:
         self._chunks = 0  # audio chunks sent to the caller
         self._audio_bytes = 0  # audio bytes sent to the caller
         self._frames = 0  # audio frames received from the upstream
-        self._deadline: float | None = None  # when the next upstream frame is overdue
-        self._timer: asyncio.TimerHandle | None = None
+        self._watchdog = Watchdog(self._on_overdue)  # bounds the waits for upstream frames
         self._timed_out = False
         self._first_audio_ms = 0.0
         self._sentence_text: dict[int, str] = {}
@@ -381,34 +381,24 @@ class Session:
         self._arm()
 
     def _arm(self) -> None:
-        """Set when the next upstream frame is overdue, and make sure a timer watches it.
+        """Set when the next upstream frame is overdue.
 
         Before a flush or finish, silence is legitimate (DashScope waits for a
         sentence end, and the caller-idle bound covers the caller); after it,
         the first audio, each following frame and task-finished are bounded.
-        One lazy timer serves the whole task: a frame only moves the deadline,
-        and the timer re-arms itself when it fires early, so the per-frame cost
-        is a few comparisons.
         """
-        loop = asyncio.get_running_loop()
         deadline = None
         if self._frames == 0:
             deadline = self._first_audio_deadline
         if self._finish_deadline is not None:
             deadline = min(deadline or self._finish_deadline, self._finish_deadline)
             if self._frames:
-                deadline = min(deadline, loop.time() + self._config.stall_timeout_s)
-        self._deadline = deadline
-        if deadline is not None and self._timer is None:
-            self._timer = loop.call_at(deadline, self._on_timer)
+                stall = asyncio.get_running_loop().time() + self._config.stall_timeout_s
+                deadline = min(deadline, stall)
+        self._watchdog.set(deadline)
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        if self._deadline is None or len(self._pumps) < 2 or self._pumps[1].done():
-            return
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._deadline:
-            self._timer = loop.call_at(self._deadline, self._on_timer)
+    def _on_overdue(self) -> None:
+        if len(self._pumps) < 2 or self._pumps[1].done():
             return
         self._timed_out = True
         self._pumps[1].cancel()  # the reader turns this into the timeout error
@@ -492,9 +482,7 @@ class Session:
     # --------------------------------------------------------------- cleanup
 
     async def _cleanup(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._watchdog.cancel()
         for pump in self._pumps:
             pump.cancel()
         if self._pumps:

@@ -1,0 +1,35 @@
+"""The watchdog: one timer, a moving deadline, one call when it passes."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sidecar.watchdog import Watchdog
+
+
+async def test_fires_once_after_the_last_deadline() -> None:
+    """Moving the deadline later postpones the call; it comes once, after the last one."""
+    loop = asyncio.get_running_loop()
+    fired: list[float] = []
+    dog = Watchdog(lambda: fired.append(loop.time()))
+    start = loop.time()
+    dog.set(start + 0.05)
+    await asyncio.sleep(0.03)
+    dog.set(start + 0.12)  # moved before it passed
+    await asyncio.sleep(0.2)
+    assert len(fired) == 1
+    assert fired[0] >= start + 0.12
+
+
+async def test_cleared_or_cancelled_never_fires() -> None:
+    """A cleared deadline (None) or a cancelled watchdog calls nothing."""
+    loop = asyncio.get_running_loop()
+    fired: list[str] = []
+    cleared = Watchdog(lambda: fired.append("cleared"))
+    cleared.set(loop.time() + 0.02)
+    cleared.set(None)
+    cancelled = Watchdog(lambda: fired.append("cancelled"))
+    cancelled.set(loop.time() + 0.02)
+    cancelled.cancel()
+    await asyncio.sleep(0.08)
+    assert fired == []
