@@ -176,7 +176,8 @@ async def test_idle_sockets_dropped_by_the_server_are_discarded_before_use(
     async with AsyncSynthesizerClient(server.address) as client:
         result = await client.synthesize("After the drop.")
     assert result.completed.audio_bytes > 0
-    assert server.pool.status().closed_total.get("stale", 0) >= 2
+    status = server.pool.status()
+    assert status.closed_total.get("stale", 0) >= 2, (status, emulator.stats)
     await assert_pool_settles(server, emulator)
 
 
