@@ -177,7 +177,10 @@ async def test_idle_sockets_dropped_by_the_server_are_discarded_before_use(
         result = await client.synthesize("After the drop.")
     assert result.completed.audio_bytes > 0
     status = server.pool.status()
-    assert status.closed_total.get("stale", 0) >= 2, (status, emulator.stats)
+    # Each dropped socket is discarded either idle (stale) or, if the drop was not
+    # yet visible when the call borrowed it, at run-task with a transparent retry.
+    discarded = status.closed_total.get("stale", 0) + status.stale_retries
+    assert discarded >= 2, (status, emulator.stats)
     await assert_pool_settles(server, emulator)
 
 
