@@ -355,6 +355,8 @@ class Pool:
 
     def _lend(self, connection: UpstreamConnection, *, warm: bool, started: float) -> Lease:
         self._renewing.discard(connection)
+        self._idle_since.pop(connection, None)  # idle bookkeeping starts again on return
+        self._renew_at.pop(connection, None)
         lease = Lease(connection, warm=warm, wait_ms=(time.monotonic() - started) * 1000)
         self._busy[connection] = lease
         self._replenish()

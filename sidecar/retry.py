@@ -1,6 +1,5 @@
 """Retry policy as data and pure functions (STYLE principle 9).
 
-* :func:`is_retryable`: whether another connection attempt can help.
 * :func:`backoff_delays`: jittered exponential pauses between failed attempts.
 * :class:`TokenBucket`: the connect rate limiter, so a cold start or a mass
   reconnect never becomes a storm against the upstream.
@@ -16,20 +15,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from sidecar.errors import UpstreamAuthError, UpstreamError, UpstreamTaskFailed
-
-__all__ = ["Breaker", "TokenBucket", "backoff_delays", "is_retryable"]
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """Return True if a new connection attempt may succeed where this one failed.
-
-    A refused key fails the same way every time until the key changes; a
-    task-failed is the upstream's verdict on the request, not the connection.
-    """
-    if isinstance(exc, UpstreamAuthError | UpstreamTaskFailed):
-        return False
-    return isinstance(exc, UpstreamError | OSError | TimeoutError)
+__all__ = ["Breaker", "TokenBucket", "backoff_delays"]
 
 
 def backoff_delays(
