@@ -40,6 +40,8 @@ REGIONS: Final = {
 FORMATS: Final = ("pcm", "wav", "mp3", "opus")
 SAMPLE_RATES: Final = (8000, 16000, 22050, 24000, 44100, 48000)
 LOG_FORMATS: Final = ("text", "json")
+# Bounds what batching may add to a later chunk's latency (see Session._may_hold).
+_MAX_AUDIO_BATCH_MS: Final = 1000.0
 LOG_FORMAT_ENV: Final = "COSYVOICE_SIDECAR_LOG_FORMAT"
 API_KEY_ENV: Final = "DASHSCOPE_API_KEY"
 API_KEY_FILE_ENV: Final = "DASHSCOPE_API_KEY_FILE"
@@ -111,6 +113,7 @@ class Config:
     caller_idle_timeout_s: float = 20.0
     first_audio_timeout_s: float = 15.0
     stall_timeout_s: float = 10.0
+    audio_batch_ms: float = 100.0
     default_model: str = "cosyvoice-v3-flash"
     default_voice: str = "longanyang"
     default_format: str = "pcm"
@@ -142,6 +145,8 @@ class Config:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f'"{name}" must be > 0')
+        if not 0 <= self.audio_batch_ms <= _MAX_AUDIO_BATCH_MS:
+            raise ConfigError(f'"audio_batch_ms" must be between 0 and {_MAX_AUDIO_BATCH_MS:g}')
         if self.default_format not in FORMATS:
             raise ConfigError(f'"default_format" must be one of {", ".join(FORMATS)}')
         if self.default_sample_rate not in SAMPLE_RATES:
@@ -240,6 +245,13 @@ OPTIONS: Final = (
         float,
     ),
     Option("stall_timeout_s", "seconds between upstream frames after finish", float),
+    Option(
+        "audio_batch_ms",
+        "after a call's first audio chunk, merge frames arriving within this many ms into "
+        "one chunk, only while the caller already holds twice that much audio beyond real "
+        "time (pcm, wav); 0 sends each frame as it comes",
+        float,
+    ),
     Option("default_model", "model used when a request names none"),
     Option("default_voice", "voice used when a request names none"),
     Option("default_format", "audio format used when a request names none", choices=FORMATS),

@@ -85,6 +85,8 @@ class _Flushed:
 # merged while several wait, by the writer), ready responses, markers, errors.
 _Item = bytes | pb.SynthesizeResponse | _Flushed | _Done | BaseException
 _WAV_HEADER_BYTES: Final = 44
+# A batch stops growing here: far below gRPC's 4 MiB message limit.
+_MAX_BATCH_BYTES: Final = 256 * 1024
 
 
 class Session:
@@ -115,6 +117,8 @@ class Session:
         self._watchdog = Watchdog(self._on_overdue)  # bounds the waits for upstream frames
         self._timed_out = False
         self._first_audio_ms = 0.0
+        self._batch_ms = config.audio_batch_ms
+        self._first_chunk_at: float | None = None  # when the first audio chunk went out
         self._sentence_text: dict[int, str] = {}
         self._texts_sent = 0
         self._finish_deadline: float | None = None
@@ -161,16 +165,10 @@ class Session:
                 item = pending if pending is not None else await self._outbox.get()
                 pending = None
                 if isinstance(item, bytes):
-                    # Audio that piled up while the caller was slow goes out as one
-                    # chunk: fewer gRPC writes exactly when the sidecar is behind,
-                    # and no added latency (nothing waits for more).
                     parts = [item]
-                    while not self._outbox.empty():
-                        following = self._outbox.get_nowait()
-                        if not isinstance(following, bytes):
-                            pending = following
-                            break
-                        parts.append(following)
+                    pending = self._take_waiting_audio(parts)
+                    if pending is None and self._may_hold():
+                        pending = await self._hold_for_more_audio(parts)
                     item = self._audio_response(parts[0] if len(parts) == 1 else b"".join(parts))
                 elif isinstance(item, _Flushed):
                     item = pb.SynthesizeResponse(
@@ -342,6 +340,57 @@ class Session:
             await task.send_text(piece)
         self._texts_sent += 1
 
+    def _take_waiting_audio(self, parts: list[bytes]) -> _Item | None:
+        """Append the audio already queued behind ``parts[0]``; return the first other item.
+
+        Audio that piled up while the caller read slowly goes out as one chunk:
+        fewer gRPC writes exactly when the sidecar is behind, at no latency cost.
+        """
+        while not self._outbox.empty():
+            following = self._outbox.get_nowait()
+            if not isinstance(following, bytes):
+                return following
+            parts.append(following)
+        return None
+
+    def _may_hold(self) -> bool:
+        """Return True if this chunk may wait ``audio_batch_ms`` for more audio.
+
+        Every gRPC message costs the sidecar and the caller far more CPU than
+        its bytes do, so merging frames pays. It must not cost what the sidecar
+        is for, so the first chunk never waits, and a later one waits only
+        while the caller already holds at least twice the hold beyond real time
+        (audio sent minus time since the first chunk): a caller that plays as
+        it receives keeps at least ``audio_batch_ms`` of audio in hand. Audio
+        arriving at real-time pace is therefore never held. mp3 and opus, whose
+        duration is unknown here, are never held.
+        """
+        if self._batch_ms <= 0 or self._first_chunk_at is None:
+            return False
+        played_ms = (time.monotonic() - self._first_chunk_at) * 1000
+        return self._audio_ms(self._audio_bytes) - played_ms >= 2 * self._batch_ms
+
+    async def _hold_for_more_audio(self, parts: list[bytes]) -> _Item | None:
+        """Append the audio arriving within ``audio_batch_ms``; return the first other item.
+
+        Anything else (a sentence's timing, a flush acknowledgement, the end of
+        the task, an error) ends the hold at once, so order is kept and the
+        last bytes of a task are never delayed. Cancelling ``Queue.get`` loses
+        no item, so the timeout is safe.
+        """
+        size = sum(map(len, parts))
+        try:
+            async with asyncio.timeout(self._batch_ms / 1000):
+                while size < _MAX_BATCH_BYTES:
+                    following = await self._outbox.get()
+                    if not isinstance(following, bytes):
+                        return following
+                    parts.append(following)
+                    size += len(following)
+        except TimeoutError:
+            pass
+        return None
+
     async def _read(self) -> None:
         assert self._task is not None
         assert self._lease is not None
@@ -418,6 +467,8 @@ class Session:
         self._audio_bytes += len(data)
         duration = self._audio_ms(self._audio_bytes) - self._audio_ms(before)
         chunk = pb.AudioChunk(data=data, sequence=self._chunks, duration_ms=duration)
+        if self._chunks == 0:
+            self._first_chunk_at = time.monotonic()
         self._chunks += 1
         return pb.SynthesizeResponse(audio=chunk)
 

@@ -28,6 +28,15 @@ def test_serve_without_a_key_exits_2_saying_what_to_set(
     assert "DASHSCOPE_API_KEY_FILE" in err
 
 
+@pytest.mark.parametrize("value", ["-1", "1001"])
+def test_audio_batch_out_of_range_exits_2_naming_the_setting(
+    capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    """--audio-batch-ms outside 0..1000 is refused before anything starts."""
+    assert main(["serve", "--emulator", f"--audio-batch-ms={value}"]) == 2
+    assert '"audio_batch_ms" must be between 0 and 1000' in capsys.readouterr().err
+
+
 def test_help_names_every_environment_variable(capsys: pytest.CaptureFixture[str]) -> None:
     """serve --help lists each flag's environment variable and default."""
     with pytest.raises(SystemExit) as exit_info:

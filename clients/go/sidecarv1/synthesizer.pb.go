@@ -775,7 +775,10 @@ func (x *Started) GetPoolWaitMs() float64 {
 type AudioChunk struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Audio bytes exactly as the upstream sent them: one upstream frame, or
-	// several merged when they piled up while the caller read slowly.
+	// several merged. Frames merge when they piled up while the caller read
+	// slowly, and (pcm and wav, with the sidecar's --audio-batch-ms, default
+	// 100) when they arrive within that window while the caller already holds
+	// twice that much audio beyond real time. The first chunk is never held.
 	// Concatenating `data` of all chunks in order gives the complete audio file
 	// or stream.
 	Data []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`

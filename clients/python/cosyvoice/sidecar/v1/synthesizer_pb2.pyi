@@ -419,7 +419,10 @@ class AudioChunk(_message.Message):
     DURATION_MS_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     """Audio bytes exactly as the upstream sent them: one upstream frame, or
-    several merged when they piled up while the caller read slowly.
+    several merged. Frames merge when they piled up while the caller read
+    slowly, and (pcm and wav, with the sidecar's --audio-batch-ms, default
+    100) when they arrive within that window while the caller already holds
+    twice that much audio beyond real time. The first chunk is never held.
     Concatenating `data` of all chunks in order gives the complete audio file
     or stream.
     """
