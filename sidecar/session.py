@@ -7,10 +7,11 @@ pumps until the task ends:
   them upstream, splitting long text at DashScope's per-message limit;
 * the *reader* turns upstream events into responses.
 
-Both write into one small bounded outbox that the gRPC layer drains. When the
-caller reads slowly the outbox fills, the reader stops reading the socket,
-websockets stops reading TCP after a few frames, and the upstream is pushed
-back: memory per stream stays bounded (outbox + websockets' frame queue).
+Both write into one small bounded :class:`~sidecar.outbox.Outbox` that the
+gRPC layer drains (and which turns audio frames into chunks). When the caller
+reads slowly the outbox fills, the reader stops reading the socket, websockets
+stops reading TCP after a few frames, and the upstream is pushed back: memory
+per stream stays bounded (outbox + websockets' frame queue).
 
 Whatever way the session ends (completion, error, the caller hanging up), the
 cleanup runs shielded from cancellation: an unfinished task is cancelled
@@ -25,7 +26,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Final
 
 from cosyvoice.sidecar.v1 import synthesizer_pb2 as pb
 
@@ -39,6 +39,7 @@ from sidecar.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from sidecar.outbox import Outbox
 from sidecar.params import TaskParams
 from sidecar.pool import Lease, Pool
 from sidecar.telemetry import Synthesis, Telemetry
@@ -48,9 +49,6 @@ from sidecar.watchdog import Watchdog
 __all__ = ["Command", "Finish", "Flush", "Session", "Text"]
 
 log = logging.getLogger(__name__)
-
-# Responses buffered between the upstream reader and the gRPC writer.
-_OUTBOX_SIZE: Final = 4
 
 
 @dataclass(frozen=True)
@@ -73,22 +71,6 @@ class Finish:
 Command = Text | Flush | Finish
 
 
-class _Done:
-    """Outbox sentinel: the task finished, every response has been queued."""
-
-
-class _Flushed:
-    """Outbox marker: a flush went upstream (answered in order with the audio)."""
-
-
-# What the pumps hand the writer: raw audio bytes (turned into AudioChunks, and
-# merged while several wait, by the writer), ready responses, markers, errors.
-_Item = bytes | pb.SynthesizeResponse | _Flushed | _Done | BaseException
-_WAV_HEADER_BYTES: Final = 44
-# A batch stops growing here: far below gRPC's 4 MiB message limit.
-_MAX_BATCH_BYTES: Final = 256 * 1024
-
-
 class Session:
     """One call's synthesis on one borrowed connection."""
 
@@ -107,18 +89,14 @@ class Session:
         self._params = params
         self.request_id = request_id
         self._started_at = time.monotonic()
-        self._outbox: asyncio.Queue[_Item] = asyncio.Queue(_OUTBOX_SIZE)
+        self._outbox = Outbox(params, batch_ms=config.audio_batch_ms)
         self._lease: Lease | None = None
         self._task: UpstreamTask | None = None
         self._pumps: list[asyncio.Task[None]] = []
-        self._chunks = 0  # audio chunks sent to the caller
-        self._audio_bytes = 0  # audio bytes sent to the caller
         self._frames = 0  # audio frames received from the upstream
         self._watchdog = Watchdog(self._on_overdue)  # bounds the waits for upstream frames
         self._timed_out = False
         self._first_audio_ms = 0.0
-        self._batch_ms = config.audio_batch_ms
-        self._first_chunk_at: float | None = None  # when the first audio chunk went out
         self._sentence_text: dict[int, str] = {}
         self._texts_sent = 0
         self._finish_deadline: float | None = None
@@ -160,25 +138,8 @@ class Session:
                     asyncio.create_task(self._read(), name=f"read-{self.request_id}"),
                 ]
             lease = self._lease
-            pending: _Item | None = None
-            while True:
-                item = pending if pending is not None else await self._outbox.get()
-                pending = None
-                if isinstance(item, bytes):
-                    parts = [item]
-                    pending = self._take_waiting_audio(parts)
-                    if pending is None and self._may_hold():
-                        pending = await self._hold_for_more_audio(parts)
-                    item = self._audio_response(parts[0] if len(parts) == 1 else b"".join(parts))
-                elif isinstance(item, _Flushed):
-                    item = pb.SynthesizeResponse(
-                        flushed=pb.FlushAcknowledged(audio_chunks_before=self._chunks)
-                    )
-                elif isinstance(item, _Done):
-                    break
-                elif isinstance(item, BaseException):
-                    raise item
-                yield item
+            while (response := await self._outbox.get()) is not None:
+                yield response
                 lease.touch()
             yield self._completed()
         except BaseException as exc:
@@ -260,9 +221,7 @@ class Session:
         """
         for pump in self._pumps:
             pump.cancel()
-        while not self._outbox.empty():
-            self._outbox.get_nowait()
-        self._outbox.put_nowait(error)
+        self._outbox.abort(error)
 
     # ------------------------------------------------------------------ pumps
 
@@ -289,7 +248,7 @@ class Session:
                 elif isinstance(command, Flush):
                     await task.flush()
                     self._note_synthesis_requested()
-                    await self._outbox.put(_Flushed())
+                    await self._outbox.put_flushed()
                 else:
                     break
             # Finish, or the caller half-closed: both mean no more text.
@@ -304,7 +263,7 @@ class Session:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - handed to the writer, which raises it
-            await self._outbox.put(exc)
+            await self._outbox.put_error(exc)
 
     def check_text(self, text: str, already_sent: int = 0) -> int:
         """Validate one fragment against DashScope's limits; return its counted length."""
@@ -340,57 +299,6 @@ class Session:
             await task.send_text(piece)
         self._texts_sent += 1
 
-    def _take_waiting_audio(self, parts: list[bytes]) -> _Item | None:
-        """Append the audio already queued behind ``parts[0]``; return the first other item.
-
-        Audio that piled up while the caller read slowly goes out as one chunk:
-        fewer gRPC writes exactly when the sidecar is behind, at no latency cost.
-        """
-        while not self._outbox.empty():
-            following = self._outbox.get_nowait()
-            if not isinstance(following, bytes):
-                return following
-            parts.append(following)
-        return None
-
-    def _may_hold(self) -> bool:
-        """Return True if this chunk may wait ``audio_batch_ms`` for more audio.
-
-        Every gRPC message costs the sidecar and the caller far more CPU than
-        its bytes do, so merging frames pays. It must not cost what the sidecar
-        is for, so the first chunk never waits, and a later one waits only
-        while the caller already holds at least twice the hold beyond real time
-        (audio sent minus time since the first chunk): a caller that plays as
-        it receives keeps at least ``audio_batch_ms`` of audio in hand. Audio
-        arriving at real-time pace is therefore never held. mp3 and opus, whose
-        duration is unknown here, are never held.
-        """
-        if self._batch_ms <= 0 or self._first_chunk_at is None:
-            return False
-        played_ms = (time.monotonic() - self._first_chunk_at) * 1000
-        return self._audio_ms(self._audio_bytes) - played_ms >= 2 * self._batch_ms
-
-    async def _hold_for_more_audio(self, parts: list[bytes]) -> _Item | None:
-        """Append the audio arriving within ``audio_batch_ms``; return the first other item.
-
-        Anything else (a sentence's timing, a flush acknowledgement, the end of
-        the task, an error) ends the hold at once, so order is kept and the
-        last bytes of a task are never delayed. Cancelling ``Queue.get`` loses
-        no item, so the timeout is safe.
-        """
-        size = sum(map(len, parts))
-        try:
-            async with asyncio.timeout(self._batch_ms / 1000):
-                while size < _MAX_BATCH_BYTES:
-                    following = await self._outbox.get()
-                    if not isinstance(following, bytes):
-                        return following
-                    parts.append(following)
-                    size += len(following)
-        except TimeoutError:
-            pass
-        return None
-
     async def _read(self) -> None:
         assert self._task is not None
         assert self._lease is not None
@@ -404,22 +312,22 @@ class Session:
                         if self._frames == 0:
                             self._first_audio_ms = (time.monotonic() - self._started_at) * 1000
                         self._frames += 1
-                        await self._outbox.put(event.data)
+                        await self._outbox.put_audio(event.data)
                 elif isinstance(event, protocol.SentenceEvent):
                     response = self._sentence_response(event)
                     if response is not None:
-                        await self._outbox.put(response)
+                        await self._outbox.put_response(response)
                 self._arm()
-            await self._outbox.put(_Done())
+            await self._outbox.put_done()
         except asyncio.CancelledError:
             if not self._timed_out:
                 raise
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()
-            await self._outbox.put(self._timeout_error())
+            await self._outbox.put_error(self._timeout_error())
         except BaseException as exc:  # noqa: BLE001 - handed to the writer, which raises it
-            await self._outbox.put(exc)
+            await self._outbox.put_error(exc)
 
     def _note_synthesis_requested(self) -> None:
         """From a flush or finish on, audio must start within first_audio_timeout_s."""
@@ -461,22 +369,6 @@ class Session:
         else:
             what = f"upstream stalled for {self._config.stall_timeout_s:g}s between frames"
         return UpstreamTimeout(what)
-
-    def _audio_response(self, data: bytes) -> pb.SynthesizeResponse:
-        before = self._audio_bytes
-        self._audio_bytes += len(data)
-        duration = self._audio_ms(self._audio_bytes) - self._audio_ms(before)
-        chunk = pb.AudioChunk(data=data, sequence=self._chunks, duration_ms=duration)
-        if self._chunks == 0:
-            self._first_chunk_at = time.monotonic()
-        self._chunks += 1
-        return pb.SynthesizeResponse(audio=chunk)
-
-    def _audio_ms(self, total_bytes: int) -> float:
-        """Duration of the first ``total_bytes`` of the call's audio (a WAV header counts 0)."""
-        if self._params.format == "wav":
-            total_bytes = max(total_bytes - _WAV_HEADER_BYTES, 0)
-        return self._params.audio_ms(total_bytes)
 
     def _sentence_response(self, event: protocol.SentenceEvent) -> pb.SynthesizeResponse | None:
         if event.kind == "sentence-begin":
@@ -524,9 +416,9 @@ class Session:
             completed=pb.Completed(
                 billed_characters=self._task.protocol.billed_characters or 0,
                 first_audio_ms=self._first_audio_ms,
-                audio_duration_ms=self._audio_ms(self._audio_bytes),
-                audio_bytes=self._audio_bytes,
-                audio_chunks=self._chunks,
+                audio_duration_ms=self._outbox.audio_ms(),
+                audio_bytes=self._outbox.audio_bytes,
+                audio_chunks=self._outbox.chunks,
             )
         )
 
@@ -563,8 +455,8 @@ class Session:
                 billed_characters=task.protocol.billed_characters if task else None,
                 text_characters=task.protocol.characters_sent if task else 0,
                 first_audio_ms=self._first_audio_ms or None,
-                audio_bytes=self._audio_bytes,
-                audio_chunks=self._chunks,
+                audio_bytes=self._outbox.audio_bytes,
+                audio_chunks=self._outbox.chunks,
                 sentences=self._sentences,
             )
         connection = self._lease.connection
