@@ -8,6 +8,7 @@ import pytest
 
 from sidecar import protocol
 from sidecar.protocol import ClientTask, TaskState
+from sidecar.protocol import _events as protocol_events
 
 
 def _task() -> ClientTask:
@@ -204,3 +205,102 @@ def test_client_frames_round_trip_through_the_server_parser() -> None:
     assert protocol.parse_client_frame(task.send_text("hi")) == protocol.ContinueTask("t1", "hi")
     assert protocol.parse_client_frame(task.flush()).is_flush  # type: ignore[union-attr]
     assert protocol.parse_client_frame(task.cancel()) == protocol.FinishTask("t1", cancel=True)
+
+
+def _parsed(frame: str) -> object:
+    """What the full parse makes of ``frame``: its event, or the error's type."""
+    try:
+        return protocol_events.parse_server_frame(frame)
+    except protocol.UnexpectedFrame:
+        return protocol.UnexpectedFrame
+
+
+def _received(task: ClientTask, frame: str) -> object:
+    try:
+        return task.receive_text(frame)
+    except protocol.UnexpectedFrame:
+        return protocol.UnexpectedFrame
+
+
+def _synthesis_parts(task_id: str) -> tuple[str, str]:
+    """The canonical sentence-synthesis frame of ``task_id``, cut around its index."""
+    frame = protocol.result_generated_event(task_id, "sentence-synthesis", 0)
+    cut = frame.rindex('"index":0') + len('"index":')
+    return frame[:cut], frame[cut + 1 :]
+
+
+def test_sentence_synthesis_shortcut_matches_the_full_parse() -> None:
+    """The frequent sentence-synthesis event gives the same event with or without the shortcut."""
+    task = _task()
+    _started(task)
+    for index in (0, 0, 1, 1, 12, 0, 123456789):
+        frame = protocol.result_generated_event("t1", "sentence-synthesis", index)
+        event = task.receive_text(frame)
+        assert event == protocol_events.parse_server_frame(frame)
+        assert event == protocol.SentenceEvent("t1", "sentence-synthesis", index, "")
+    assert task.billed_characters is None
+    assert _state(task) is TaskState.STREAMING
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        # Another task's (a late event, §7), with an id that extends this one's.
+        protocol.result_generated_event("t10", "sentence-synthesis", 3),
+        protocol.result_generated_event("t", "sentence-synthesis", 3),
+        # Other encodings of the same event, and the older typeless shape.
+        json.dumps(json.loads(protocol.result_generated_event("t1", "sentence-synthesis", 3))),
+        '{"payload":{"output":{"type":"sentence-synthesis","sentence":{"index":3,"words":[]}}},'
+        '"header":{"task_id":"t1","event":"result-generated","attributes":{}}}',
+        # Usage on a synthesis event: must still be billed.
+        protocol.result_generated_event("t1", "sentence-synthesis", 3, characters=9),
+        # Other events whose text names the event, or is a whole canonical synthesis frame.
+        protocol.result_generated_event(
+            "t1", "sentence-end", 3, original_text="sentence-synthesis", characters=18
+        ),
+        protocol.result_generated_event(
+            "t1",
+            "sentence-begin",
+            4,
+            original_text=protocol.result_generated_event("t1", "sentence-synthesis", 3),
+        ),
+    ],
+)
+def test_frames_near_the_synthesis_shortcut_are_parsed_in_full(frame: str) -> None:
+    """Frames that resemble this task's sentence-synthesis get exactly the full parse's result."""
+    task = _task()
+    _started(task)
+    expected = protocol_events.parse_server_frame(frame)
+    event = task.receive_text(frame)
+    if expected.task_id != "t1":
+        assert event is None
+        return
+    assert event == expected
+    if isinstance(expected, protocol.SentenceEvent) and expected.characters is not None:
+        assert task.billed_characters == expected.characters
+
+
+@pytest.mark.parametrize(
+    "middle",
+    [
+        "01",  # a leading zero is not JSON
+        "-1",
+        "1.0",
+        "1e2",
+        " 1",
+        "\u0661",  # ARABIC-INDIC DIGIT ONE: str.isdigit() accepts it, JSON does not
+        "1" * 40,  # longer than the shortcut takes
+        # The right prefix and suffix with more JSON between them: another sentence, billed.
+        '1,"words":[]}},"usage":{"characters":9}},"z":{"a":{"b":{"index":2',
+    ],
+)
+def test_odd_indexes_in_the_synthesis_shape_match_the_full_parse(middle: str) -> None:
+    """A canonical-looking frame whose index is not plain digits is judged by the full parse."""
+    prefix, suffix = _synthesis_parts("t1")
+    frame = prefix + middle + suffix
+    task = _task()
+    _started(task)
+    expected = _parsed(frame)
+    assert _received(task, frame) == expected
+    if isinstance(expected, protocol.SentenceEvent) and expected.characters is not None:
+        assert task.billed_characters == expected.characters

@@ -13,6 +13,7 @@ __all__ = [
     "AudioReceived",
     "SentenceEvent",
     "ServerEvent",
+    "SynthesisShortcut",
     "TaskFailed",
     "TaskFinished",
     "TaskStarted",
@@ -31,7 +32,7 @@ __all__ = [
 # --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Word:
     """One word's timing inside a sentence (§6), times in milliseconds."""
 
@@ -42,21 +43,21 @@ class Word:
     end_time: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskStarted:
     """``task-started``: the task accepts text now."""
 
     task_id: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AudioReceived:
     """A binary frame: raw audio bytes of the current task (§3)."""
 
     data: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SentenceEvent:
     """``result-generated``; ``kind`` is sentence-begin/-synthesis/-end, or "" (old shape)."""
 
@@ -68,7 +69,7 @@ class SentenceEvent:
     characters: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskFinished:
     """``task-finished``: every audio byte of the task has been sent."""
 
@@ -76,7 +77,7 @@ class TaskFinished:
     characters: int | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskFailed:
     """``task-failed``: the task is over and the connection must be discarded (§7)."""
 
@@ -144,6 +145,11 @@ def _word_json(word: Word) -> dict[str, Any]:
 
 
 def parse_server_frame(frame: str) -> TextEvent:
+    """Parse one server text frame (§6) into its event.
+
+    Raises :class:`UnexpectedFrame` when the frame is not JSON, lacks
+    ``header.task_id`` / ``header.event``, or names an unknown event.
+    """
     try:
         message = json.loads(frame)
         header = message["header"]
@@ -152,6 +158,9 @@ def parse_server_frame(frame: str) -> TextEvent:
         payload = message.get("payload") or {}
     except (ValueError, KeyError, TypeError) as exc:
         raise UnexpectedFrame(f"malformed server event: {frame[:200]!r}") from exc
+    # result-generated first: it is every other frame of a task.
+    if event == "result-generated":
+        return _parse_result(task_id, payload)
     if event == "task-started":
         return TaskStarted(task_id)
     if event == "task-finished":
@@ -160,32 +169,89 @@ def parse_server_frame(frame: str) -> TextEvent:
         return TaskFailed(
             task_id, str(header.get("error_code", "")), str(header.get("error_message", ""))
         )
-    if event == "result-generated":
-        return _parse_result(task_id, payload)
     raise UnexpectedFrame(f"unknown server event {event!r}")
 
 
 def _parse_result(task_id: str, payload: dict[str, Any]) -> SentenceEvent:
     output = payload.get("output") or {}
     sentence = output.get("sentence") or {}
-    words = tuple(
-        Word(
-            text=str(w.get("text", "")),
-            begin_index=int(w.get("begin_index", 0)),
-            end_index=int(w.get("end_index", 0)),
-            begin_time=int(w.get("begin_time", 0)),
-            end_time=int(w.get("end_time", 0)),
-        )
-        for w in sentence.get("words") or ()
-    )
+    words = sentence.get("words")
     return SentenceEvent(
-        task_id=task_id,
-        kind=str(output.get("type", "")),
-        index=int(sentence.get("index", 0)),
-        original_text=str(output.get("original_text", "")),
-        words=words,
-        characters=_usage_characters(payload),
+        task_id,
+        str(output.get("type", "")),
+        int(sentence.get("index", 0)),
+        str(output.get("original_text", "")),
+        # Most events carry no words: skip building an empty tuple from a generator.
+        tuple(_parse_word(w) for w in words) if words else (),
+        _usage_characters(payload) if "usage" in payload else None,
     )
+
+
+def _parse_word(word: dict[str, Any]) -> Word:
+    return Word(
+        text=str(word.get("text", "")),
+        begin_index=int(word.get("begin_index", 0)),
+        end_index=int(word.get("end_index", 0)),
+        begin_time=int(word.get("begin_time", 0)),
+        end_time=int(word.get("end_time", 0)),
+    )
+
+
+class SynthesisShortcut:
+    """Recognises one task's ``sentence-synthesis`` frames without parsing JSON.
+
+    A task's most frequent text frame is ``sentence-synthesis`` (one before
+    every audio frame, §6), and it carries nothing but the sentence index.
+    :meth:`match` compares a frame with that event in the compact encoding
+    :func:`result_generated_event` writes (the emulator's, and the documented
+    skeleton's key order): if the frame is exactly that text with only the
+    index's digits differing, it returns the event the full parse would
+    return, else None and the caller parses the frame. Whether DashScope
+    itself sends these bytes is unconfirmed; if it does not, every frame
+    takes the full parse, which is correct, only slower.
+    """
+
+    __slots__ = ("_last", "_last_index", "_min_length", "_prefix", "_suffix", "_task_id")
+
+    # An index this long is not worth a shortcut (and int() limits digits).
+    _MAX_DIGITS = 9
+
+    def __init__(self, task_id: str) -> None:
+        # Cut the canonical frame for index 0 around that index: the prefix
+        # ends with the one `"index":` key (a task id cannot contain it
+        # unescaped), the suffix is what follows the digit.
+        canonical = result_generated_event(task_id, "sentence-synthesis", 0)
+        cut = canonical.rindex('"index":0') + len('"index":')
+        self._task_id = task_id
+        self._prefix = canonical[:cut]
+        self._suffix = canonical[cut + 1 :]
+        self._min_length = len(self._prefix) + len(self._suffix) + 1
+        self._last_index = ""
+        self._last: SentenceEvent | None = None
+
+    def match(self, frame: str) -> SentenceEvent | None:
+        """Return the frame's event if it is this task's canonical sentence-synthesis, else None."""
+        if (
+            len(frame) < self._min_length
+            or not frame.startswith(self._prefix)
+            or not frame.endswith(self._suffix)
+        ):
+            return None
+        digits = frame[len(self._prefix) : len(frame) - len(self._suffix)]
+        if digits == self._last_index:
+            return self._last  # frozen, so one instance serves every frame of a sentence
+        # Exactly a JSON integer >= 0: ASCII digits (str.isdigit alone accepts
+        # other scripts' digits), no leading zero (JSON forbids it).
+        if (
+            len(digits) > self._MAX_DIGITS
+            or not digits.isascii()
+            or not digits.isdigit()
+            or (digits[0] == "0" and len(digits) > 1)
+        ):
+            return None
+        event = SentenceEvent(self._task_id, "sentence-synthesis", int(digits), "")
+        self._last_index, self._last = digits, event
+        return event
 
 
 def _usage_characters(payload: dict[str, Any]) -> int | None:

@@ -12,6 +12,7 @@ from sidecar.protocol._events import (
     AudioReceived,
     SentenceEvent,
     ServerEvent,
+    SynthesisShortcut,
     TaskFailed,
     TaskFinished,
     TaskStarted,
@@ -44,6 +45,10 @@ class TaskState(enum.Enum):
         return self in (TaskState.FINISHED, TaskState.FAILED)
 
 
+# Started and not over: where audio and task-finished may arrive (§7).
+_IN_PROGRESS = (TaskState.STREAMING, TaskState.FINISHING, TaskState.CANCELLING)
+
+
 @dataclass
 class ClientTask:
     """One DashScope task as the client drives it.
@@ -61,6 +66,10 @@ class ClientTask:
     characters_sent: int = 0
     billed_characters: int | None = None
     failure: TaskFailed | None = field(default=None, repr=False)
+    _synthesis: SynthesisShortcut = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._synthesis = SynthesisShortcut(self.task_id)
 
     def start(self) -> str:
         self._require(TaskState.CREATED)
@@ -96,10 +105,18 @@ class ClientTask:
 
     def receive_text(self, frame: str) -> ServerEvent | None:
         """Feed one text frame; return its event, or None if it is for another task."""
+        # A sentence-synthesis of this task changes nothing here (no usage, no
+        # state); the shortcut answers it exactly or declines (then: parse).
+        synthesis = self._synthesis.match(frame)
+        if synthesis is not None:
+            return synthesis
         event = parse_server_frame(frame)
         if event.task_id != self.task_id:
             return None
-        if isinstance(event, TaskFailed):
+        if isinstance(event, SentenceEvent):
+            if event.characters is not None:
+                self.billed_characters = event.characters
+        elif isinstance(event, TaskFailed):
             self.state = TaskState.FAILED
             self.failure = event
         elif isinstance(event, TaskStarted):
@@ -107,21 +124,15 @@ class ClientTask:
                 self._violate(f"task-started in state {self.state.value}")
             self.state = TaskState.STREAMING
         elif isinstance(event, TaskFinished):
-            if self.state not in (
-                TaskState.STREAMING,
-                TaskState.FINISHING,
-                TaskState.CANCELLING,
-            ):
+            if self.state not in _IN_PROGRESS:
                 self._violate(f"task-finished in state {self.state.value}")
             self.state = TaskState.FINISHED
-            self.billed_characters = event.characters
-        elif isinstance(event, SentenceEvent) and event.characters is not None:
             self.billed_characters = event.characters
         return event
 
     def receive_bytes(self, frame: bytes) -> AudioReceived:
         """Feed one binary frame: audio of this task (binary frames carry no task id)."""
-        if self.state not in (TaskState.STREAMING, TaskState.FINISHING, TaskState.CANCELLING):
+        if self.state not in _IN_PROGRESS:
             self._violate(f"audio in state {self.state.value}")
         return AudioReceived(frame)
 
