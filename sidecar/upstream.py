@@ -239,12 +239,14 @@ class UpstreamTask:
         frame = await self.connection._recv()
         try:
             if isinstance(frame, bytes):
-                event: protocol.ServerEvent | None = self.protocol.receive_bytes(frame)
-            else:
-                event = self.protocol.receive_text(frame)
+                # Audio: about every other frame, and never ends the task.
+                return self.protocol.receive_bytes(frame)
+            event = self.protocol.receive_text(frame)
         except protocol.UnexpectedFrame as exc:
             self._end()
             raise UpstreamUnavailable(f"upstream protocol violation: {exc}") from exc
+        if event is None or isinstance(event, protocol.SentenceEvent):
+            return event
         if isinstance(event, protocol.TaskFailed):
             self._end()
             raise UpstreamTaskFailed(event.code, event.message, event.task_id)
