@@ -11,11 +11,14 @@ concurrency level, interleaved and repeated, each client in a fresh process:
   sidecar uses but no gRPC hop and no process boundary;
 * ``sidecar`` / ``sidecar-unary``: the sidecar as its own process, driven by a
   gRPC load generator in another process over ``StreamingSynthesize`` (text
-  in fragments) and ``Synthesize``; ``sidecar-uvloop`` runs it on uvloop.
+  in fragments) and ``Synthesize``: the Go one in ``clients/go/cmd/loadgen``
+  by default, or the Python worker (``--loadgen python``); ``sidecar-uvloop``
+  runs it on uvloop.
 
 Modules, leaves first: ``workload`` (what one task sends and must receive),
 ``stats`` (percentiles), ``procs`` (subprocesses, ``/proc``, the emulator's
-HTTP), ``worker`` (the client processes), ``runner`` (the schedule),
+HTTP), ``worker`` (the client processes), ``loadgen`` (which load generator
+drives the sidecar modes; builds the Go one), ``runner`` (the schedule),
 ``report`` (table, JSON, plot, verdicts), ``cli``.
 """
 

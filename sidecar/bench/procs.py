@@ -1,7 +1,8 @@
 """The bench's subprocesses, their ``/proc`` counters, and the emulator's HTTP endpoints.
 
 Every child runs ``sys.executable`` (the same Python and packages as the
-bench), its stderr goes to a log file (a full pipe would stall it), and every
+bench) unless given another program (the Go load generator, py-spy), its
+stderr goes to a log file (a full pipe would stall it), and every
 wait on it is bounded: a child that does not answer in time is killed and the
 run is recorded as failed.
 """
@@ -79,7 +80,10 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 class Child:
-    """One subprocess whose stdout lines the bench reads, with bounded waits."""
+    """One subprocess whose stdout lines the bench reads, with bounded waits.
+
+    It runs ``program`` (default: this Python interpreter) with ``args``.
+    """
 
     def __init__(
         self,
@@ -89,9 +93,10 @@ class Child:
         log_dir: Path,
         env: Mapping[str, str] | None = None,
         stdin: bool = False,
+        program: str | None = None,
     ) -> None:
         self.name = name
-        self.args = [sys.executable, *args]
+        self.args = [program or sys.executable, *args]
         self.log_path = log_dir / f"{name}.log"
         self._env = child_env(env)
         self._stdin = stdin

@@ -16,6 +16,8 @@ from typing import Any, Final
 __all__ = ["PlotUnavailable", "markdown", "plot", "targets"]
 
 _PLOT_STYLES: Final = {"p50": "-", "p90": "--", "p99": ":"}
+# The modes a gRPC load generator drives (as sidecar.bench.runner.LOADGEN_MODES).
+_LOADGEN_MODES: Final = frozenset({"sidecar", "sidecar-unary", "sidecar-uvloop", "sidecar-b"})
 _COLORS: Final = {
     "cold": "tab:gray",
     "sdk-pool": "tab:red",
@@ -43,6 +45,29 @@ def _row(report: dict[str, Any], mode: str, level: int) -> dict[str, Any] | None
             row_: dict[str, Any] = row
             return row_
     return None
+
+
+def loadgen_sentence(report: dict[str, Any]) -> str:
+    """Say what drove the sidecar modes ("" if none ran).
+
+    Reports from before ``--loadgen`` existed have no ``loadgen`` entry; their
+    load generator was the Python worker.
+    """
+    if not any(r["mode"] in _LOADGEN_MODES for r in report["rows"]):
+        return ""
+    loadgen = report.get("loadgen") or {"name": "python", "version": None}
+    if loadgen["name"] == "go":
+        return (
+            f"The sidecar modes were driven by the Go load generator (clients/go/cmd/loadgen, "
+            f"{loadgen['version']}) in its own process: one HTTP/2 connection, a goroutine "
+            "per stream."
+        )
+    version = f", {loadgen['version']}" if loadgen.get("version") else ""
+    return (
+        "The sidecar modes were driven by the Python load generator (python -m "
+        f"sidecar.bench.worker, grpc.aio{version}) in its own process: one channel, a "
+        "coroutine per stream."
+    )
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -73,6 +98,9 @@ def markdown(report: dict[str, Any]) -> str:
         "when the previous one ends). Times in ms.",
         "",
     ]
+    driver = loadgen_sentence(report)
+    if driver:
+        lines[-2] += " " + driver
     if s.get("b_sidecar_args") or s.get("b_sidecar_env"):
         b = " ".join([*s.get("b_sidecar_env", ()), "serve ...", *s.get("b_sidecar_args", ())])
         lines += [f"sidecar-b is the sidecar run as: `{b}`.", ""]
@@ -97,8 +125,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         "CPU ms/task and peak RSS are the serving process's: the sidecar process for the "
-        "sidecar modes (the gRPC load generator's own CPU is in the JSON), the client process "
-        "for cold, floor and sdk-pool. Upstream conns: WebSockets the emulator accepted during "
+        "sidecar modes (the load generator's own CPU per task is in the table below, and in "
+        "the JSON as client_cpu_ms_per_task), the client process for cold, floor and sdk-pool. "
+        "Upstream conns: WebSockets the emulator accepted during "
         "the measured window. Other load: CPU (in cores) that processes other than the bench's "
         "own used meanwhile (the machine is shared). Gap: time between two audio chunks of one "
         "task "
@@ -132,7 +161,8 @@ def breakdown_table(report: dict[str, Any]) -> list[str]:
 
     ``Completed.first_audio_ms`` is the sidecar's own clock, from its session's
     start to the first audio frame from upstream; the rest of the client's TTFB
-    is gRPC in both directions and the load generator itself.
+    is gRPC in both directions and the load generator itself, whose own CPU per
+    task is the last column.
     """
     rows = [r for r in report["rows"] if r.get("breakdown_ms", {}).get("server_first_audio_ms")]
     if not rows:
@@ -141,10 +171,12 @@ def breakdown_table(report: dict[str, Any]) -> list[str]:
     lines = [
         "Where a sidecar call's first-byte time goes (ms, p50 / p99): Started as seen by the "
         "client; the sidecar's own first_audio_ms minus the emulator's delay (pool, run-task, "
-        "its event loop); the client's overhead.",
+        "its event loop); the client's overhead. Last, the load generator's own CPU per task "
+        "(it shares the machine with the sidecar and the emulator).",
         "",
-        "| mode | streams | Started at client | sidecar-side overhead | client-side overhead |",
-        "|---|--:|--:|--:|--:|",
+        "| mode | streams | Started at client | sidecar-side overhead | client-side overhead "
+        "| load generator CPU ms/task |",
+        "|---|--:|--:|--:|--:|--:|",
     ]
     for r in rows:
         b = r["breakdown_ms"]
@@ -153,7 +185,8 @@ def breakdown_table(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {r['mode']} | {r['level']} | {_ms(started.get('p50'))} / {_ms(started.get('p99'))} "
             f"| {_ms(server['p50'] - intrinsic)} / {_ms(server['p99'] - intrinsic)} "
-            f"| {_ms(r['overhead_ms']['p50'])} / {_ms(r['overhead_ms']['p99'])} |"
+            f"| {_ms(r['overhead_ms']['p50'])} / {_ms(r['overhead_ms']['p99'])} "
+            f"| {_ms(r.get('client_cpu_ms_per_task'), 2)} |"
         )
     return lines
 

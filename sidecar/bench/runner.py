@@ -5,7 +5,10 @@ next, so slow drift on a shared machine (another build starting, thermal
 throttling) hits every mode alike instead of whichever ran last. ``sidecar``
 and ``sidecar-unary`` share one sidecar process per level and repeat (the
 process is started with ``--pool-min-idle N --pool-max-size N`` and its pool
-warm-up is timed); every other run gets fresh client processes.
+warm-up is timed); every other run gets fresh client processes. The sidecar
+modes are driven by the load generator of ``settings.loadgen``
+(:mod:`sidecar.bench.loadgen`): the Go one is built once, before the emulator
+starts, and runs in a fresh process for every run.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from sidecar.bench import machine
+from sidecar.bench.loadgen import LOADGENS, Loadgen, LoadgenError, prepare
 from sidecar.bench.procs import (
     Child,
     ChildError,
@@ -37,7 +41,7 @@ from sidecar.bench.stats import Row, RunResult, aggregate
 from sidecar.bench.worker import WorkerSpec
 from sidecar.bench.workload import Workload
 
-__all__ = ["DEFAULT_MODES", "MODES", "BenchSettings", "run_bench"]
+__all__ = ["DEFAULT_MODES", "LOADGEN_MODES", "MODES", "BenchSettings", "run_bench"]
 
 MODES: Final = (
     "cold",
@@ -52,6 +56,8 @@ DEFAULT_MODES: Final = ("cold", "sdk-pool", "floor", "sidecar", "sidecar-unary")
 SCHEMA: Final = "cosyvoice-sidecar-bench/1"
 API_KEY: Final = "sk-bench-local"  # the emulator accepts any key; never a real one
 _SIDECAR_MODES: Final = {"sidecar": "grpc-stream", "sidecar-unary": "grpc-unary"}
+# The modes a gRPC load generator drives (each runs a sidecar process).
+LOADGEN_MODES: Final = frozenset({*_SIDECAR_MODES, "sidecar-uvloop", "sidecar-b"})
 
 Progress = Callable[[str], None]
 
@@ -86,6 +92,7 @@ class BenchSettings:
     log_dir: Path | None = None
     preset: str = "default"
     label: str = ""  # free text recorded in the report, e.g. what changed since the last run
+    loadgen: str = "go"  # what drives the sidecar modes: "go" or "python" (sidecar.bench.loadgen)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.modes) - set(MODES))
@@ -97,6 +104,8 @@ class BenchSettings:
             raise ValueError("repeats must be >= 1, duration and task timeout > 0")
         if self.fragments < 1:
             raise ValueError("fragments must be >= 1")
+        if self.loadgen not in LOADGENS:
+            raise ValueError(f"unknown load generator {self.loadgen!r}; choose from go, python")
         for pair in (*self.sidecar_env, *self.b_sidecar_env, *self.knobs):
             if "=" not in pair:
                 raise ValueError(f"expected NAME=VALUE, not {pair!r}")
@@ -118,6 +127,7 @@ class _Context:
     log_dir: Path
     progress: Progress
     steps: int
+    loadgen: Loadgen | None = None  # None when no mode needs one
     done: int = 0
     results: list[RunResult] = field(default_factory=list)
     profiles: list[str] = field(default_factory=list)
@@ -162,6 +172,7 @@ async def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, An
     if settings.profile_dir is not None:
         settings.profile_dir.mkdir(parents=True, exist_ok=True)
     machine_before = machine.describe()
+    loadgen = await _prepare_loadgen(settings, log_dir, progress)
     emulator = Child("emulator", _emulator_args(settings), log_dir=log_dir)
     progress("starting the emulator")
     await emulator.start()
@@ -187,6 +198,7 @@ async def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, An
             log_dir,
             progress,
             steps=sum(len(slot) for _, _, slot in plan),
+            loadgen=loadgen,
             serve_flags=serve_flags,
         )
         for repeat, level, slot in plan:
@@ -210,6 +222,8 @@ async def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, An
         "elapsed_s": round(time.time() - started, 1),
         "machine": {**machine_before, "loadavg_end": machine.loadavg()},
         "settings": {**settings.to_dict(), "ramp_s": ramp},
+        # What drove the sidecar modes, e.g. {"name": "go", "version": "go1.26.8"}.
+        "loadgen": loadgen.describe() if loadgen else None,
         "emulator_knobs": knobs,
         "workload": workload.to_dict(),
         "rows": [row.to_dict() for row in rows],
@@ -219,6 +233,22 @@ async def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, An
         "profiles": ctx.profiles,
         "logs": str(log_dir) if (settings.log_dir or failed) else None,
     }
+
+
+async def _prepare_loadgen(
+    settings: BenchSettings, log_dir: Path, progress: Progress
+) -> Loadgen | None:
+    """Build (go) or pick (python) the load generator, if a mode needs one."""
+    if not LOADGEN_MODES.intersection(settings.modes):
+        return None
+    if settings.loadgen == "go":
+        progress("building the Go load generator (go build ./cmd/loadgen in clients/go)")
+    try:
+        return await prepare(settings.loadgen, log_dir)
+    except LoadgenError:
+        if settings.log_dir is None:
+            shutil.rmtree(log_dir, ignore_errors=True)
+        raise
 
 
 def _pairs(items: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -381,27 +411,26 @@ async def _start_profiler(ctx: _Context, result: RunResult, pid: int | None) -> 
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     path = directory / f"{result.mode}-L{result.level}-r{result.repeat}.txt"
     seconds = max(1, math.ceil(ctx.ramp_s + ctx.settings.duration_s))
+    # py-spy is not a Python module: run the binary itself instead of sys.executable.
     profiler = Child(
         f"py-spy-{result.mode}-L{result.level}-r{result.repeat}",
-        [],
+        [
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(seconds),
+            "--rate",
+            "200",
+            *(["--native"] if ctx.settings.profile_native else ["--nonblocking"]),
+            "--format",
+            "raw",
+            "--output",
+            str(path),
+        ],
         log_dir=ctx.log_dir,
+        program=py_spy,
     )
-    # py-spy is not a Python module: run the binary itself instead of sys.executable.
-    profiler.args = [
-        py_spy,
-        "record",
-        "--pid",
-        str(pid),
-        "--duration",
-        str(seconds),
-        "--rate",
-        "200",
-        *(["--native"] if ctx.settings.profile_native else ["--nonblocking"]),
-        "--format",
-        "raw",
-        "--output",
-        str(path),
-    ]
     await profiler.start()
     ctx.profiles.append(str(path))
     return profiler
@@ -459,11 +488,13 @@ async def _sidecar_slot(
             result = results[mode]
             worker_mode = _SIDECAR_MODES.get(mode, "grpc-stream")
             spec = _worker_spec(ctx, worker_mode, level, match.group(1))
+            assert ctx.loadgen is not None  # run_bench prepares it for these modes
             worker = Child(
                 f"{mode}-loadgen-L{level}-r{repeat}",
-                ["-m", "sidecar.bench.worker", spec.to_json()],
+                [*ctx.loadgen.args, spec.to_json()],
                 log_dir=ctx.log_dir,
                 stdin=True,
+                program=ctx.loadgen.program,
             )
             ctx.step(f"repeat {repeat + 1}, {level} streams, {mode}: running")
             try:

@@ -14,7 +14,10 @@ wrong number of audio bytes counts as an error.
 
 Modes: ``cold``, ``floor`` (asyncio, :mod:`sidecar.upstream`), ``sdk-pool``
 (the official SDK, threads), ``grpc-stream`` / ``grpc-unary`` (a load
-generator against a running sidecar).
+generator against a running sidecar). The bench drives the sidecar with the
+Go twin of the last two, ``clients/go/cmd/loadgen``, unless told
+``--loadgen python``; it speaks this same protocol and reports the same keys,
+so a change to the spec or the result here must be made there too.
 """
 
 from __future__ import annotations
