@@ -2,12 +2,15 @@
 
 Timings are never asserted (CI machines are shared); what is asserted is that
 every mode produced rows, every task got exactly the expected audio, and the
-report carries the fields the README and the issue name.
+report carries the fields the README and the issue name. The sidecar modes run
+on the Go load generator (the default; it needs ``go``, see conftest) and, in a
+shorter run, on the Python one.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,13 +48,16 @@ ROW_FIELDS = {
 }
 
 
-def _bench(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+def _bench(
+    *args: str, timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603 - this interpreter, no shell
         [sys.executable, "-m", "sidecar.bench", *args],
         capture_output=True,
         text=True,
         timeout=scaled(timeout),
         check=False,
+        env=env,
     )
 
 
@@ -59,18 +65,37 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _check_sidecar_rows(
+    rows: dict[tuple[str, int], dict[str, Any]], levels: tuple[int, ...]
+) -> None:
+    """Check that the sidecar rows say where the time went and what the load generator cost."""
+    for level in levels:
+        row = rows["sidecar", level]
+        split = row["breakdown_ms"]
+        assert {"server_first_audio_ms", "client_started_ms"} <= split.keys()
+        assert split["server_first_audio_ms"].keys() == PERCENTILES
+        assert _number(row["client_cpu_ms_per_task"])
+        assert row["client_cpu_ms_per_task"] > 0
+
+
 @pytest.mark.timeout(scaled(300))
-def test_quick_bench_writes_a_complete_report(tmp_path: Path) -> None:
+def test_quick_bench_writes_a_complete_report(tmp_path: Path, go: str) -> None:
     """--quick runs every default mode at levels 1 and 4 and reports each with all its fields."""
     out = tmp_path / "bench.json"
     done = _bench("--quick", "--json", str(out), timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| mode | streams |" in done.stdout
     assert "repeat 1" in done.stderr  # the progress indicator
+    assert "building the Go load generator" in done.stderr
+    assert "driven by the Go load generator (clients/go/cmd/loadgen, go1." in done.stdout
+    assert "| load generator CPU ms/task |" in done.stdout
     report = json.loads(out.read_text())
 
     assert report["schema"] == "cosyvoice-sidecar-bench/1"
     assert report["settings"]["preset"] == "quick"
+    assert report["settings"]["loadgen"] == "go"
+    assert report["loadgen"]["name"] == "go"
+    assert report["loadgen"]["version"].startswith("go1.")
     assert {"cores", "cpu", "python", "packages", "loadavg_start"} <= report["machine"].keys()
     assert report["machine"]["packages"]["grpcio"]
     knobs = report["emulator_knobs"]
@@ -85,7 +110,7 @@ def test_quick_bench_writes_a_complete_report(tmp_path: Path) -> None:
         assert row.keys() >= ROW_FIELDS, key
         assert row["failures"] == [], (key, row["failures"])
         assert row["tasks"] >= 1, key
-        assert row["audio_ok"], (key, row["errors"], row["audio_mismatches"])
+        assert row["audio_ok"], (key, row["errors"], row["audio_mismatches"], done.stdout[-2000:])
         for field in ("ttfb_ms", "overhead_ms"):
             assert row[field].keys() == PERCENTILES, key
             assert all(_number(v) for v in row[field].values()), key
@@ -98,15 +123,41 @@ def test_quick_bench_writes_a_complete_report(tmp_path: Path) -> None:
         assert rows["sdk-pool", level]["connections_opened"] == 0
         assert rows["sidecar", level]["connections_opened"] == 0
 
-    # The sidecar rows also say where the time went, from the sidecar's own clock.
-    for level in (1, 4):
-        split = rows["sidecar", level]["breakdown_ms"]
-        assert {"server_first_audio_ms", "client_started_ms"} <= split.keys()
-        assert split["server_first_audio_ms"].keys() == PERCENTILES
+    _check_sidecar_rows(rows, (1, 4))
     warm = {(w["mode"], w["level"]): w for w in report["warmup"]}
     assert {("sidecar", 4), ("floor", 4), ("sdk-pool", 4)} <= warm.keys()
     assert all(_number(w["seconds"]) for w in warm.values())
     assert len(report["runs"]) == len(DEFAULT_MODES) * 2
+
+
+@pytest.mark.timeout(scaled(120))
+def test_quick_bench_on_the_python_load_generator(tmp_path: Path) -> None:
+    """--loadgen python drives the sidecar modes with the Python worker; no Go needed."""
+    out = tmp_path / "bench.json"
+    args = ("--quick", "--loadgen", "python", "--modes", "sidecar,sidecar-unary", "--levels", "4")
+    done = _bench(*args, "--json", str(out), timeout=90)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "building the Go load generator" not in done.stderr
+    assert "driven by the Python load generator (python -m sidecar.bench.worker" in done.stdout
+    report = json.loads(out.read_text())
+    assert report["settings"]["loadgen"] == "python"
+    assert report["loadgen"]["name"] == "python"
+    rows = {(r["mode"], r["level"]): r for r in report["rows"]}
+    assert set(rows) == {("sidecar", 4), ("sidecar-unary", 4)}
+    for key, row in rows.items():
+        assert row["failures"] == [], (key, row["failures"])
+        assert row["audio_ok"], (key, row["errors"], row["audio_mismatches"], done.stdout[-2000:])
+    _check_sidecar_rows(rows, (4,))
+
+
+def test_go_load_generator_without_go_fails_clearly(tmp_path: Path) -> None:
+    """Without `go` on PATH, --loadgen go (the default) says to use --loadgen python, exit 2."""
+    env = {**os.environ, "PATH": str(tmp_path)}  # an empty directory: no go, no anything
+    done = _bench("--quick", "--modes", "floor,sidecar", timeout=60, env=env)
+    assert done.returncode == 2, done.stderr
+    assert "`go` is not on PATH" in done.stderr
+    assert "use --loadgen python" in done.stderr
+    assert "starting the emulator" not in done.stderr  # it fails before starting anything
 
 
 def test_plot_without_matplotlib_fails_clearly(tmp_path: Path) -> None:
