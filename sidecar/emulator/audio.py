@@ -27,6 +27,7 @@ import hashlib
 import struct
 import sys
 from array import array
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -38,8 +39,11 @@ __all__ = [
     "SAMPLE_RATES",
     "WAV_HEADER_SIZE",
     "AudioSpec",
+    "chunk_size",
     "encode",
     "pcm_chunks",
+    "sample_width",
+    "sentence_audio",
     "sentence_pcm",
     "sentence_samples",
     "task_audio",
@@ -84,6 +88,48 @@ def sentence_pcm(text: str, index: int, spec: AudioSpec, ms_per_character: float
     count = sentence_samples(text, spec, ms_per_character)
     whole, rest = divmod(count, period)
     return wave * whole + wave[: 2 * rest]
+
+
+def sentence_audio(text: str, index: int, spec: AudioSpec, ms_per_character: float) -> bytes:
+    """Return sentence ``index``'s audio in ``spec.format``, without any container header.
+
+    This is what the sentence's binary frames carry, concatenated; cut it with
+    :func:`chunk_size`. Equal to ``encode(spec.format, sentence_pcm(...))``,
+    remembered for recently used sentences.
+    """
+    key = (text, index, spec, ms_per_character)
+    data = _cache.get(key)
+    if data is not None:
+        _cache.move_to_end(key)
+        return data
+    data = encode(spec.format, sentence_pcm(text, index, spec, ms_per_character))
+    if len(data) <= _CACHE_MAX_SIZE:
+        _cache[key] = data
+        if len(_cache) > _CACHE_ENTRIES:
+            _cache.popitem(last=False)
+    return data
+
+
+def chunk_size(format_: str, sample_rate: int, chunk_ms: int) -> int:
+    """Return how many bytes of :func:`sentence_audio` one binary frame carries.
+
+    Whole samples, as :func:`pcm_chunks` cuts them; the placeholder formats
+    have one byte per sample.
+    """
+    return max(1, sample_rate * chunk_ms // 1000) * sample_width(format_)
+
+
+def sample_width(format_: str) -> int:
+    """Return the bytes per sample of :func:`sentence_audio` in ``format_``."""
+    return 2 if format_ in ("pcm", "wav") else 1
+
+
+# Recently synthesised sentences, encoded: frames are slices of one buffer, and
+# a repeated text (every task of a benchmark, a retry) is not synthesised again.
+# Long sentences are not kept, so the cache stays under 16 MiB.
+_CACHE_ENTRIES: Final = 64
+_CACHE_MAX_SIZE: Final = 1 << 18
+_cache: OrderedDict[tuple[str, int, AudioSpec, float], bytes] = OrderedDict()
 
 
 def _triangle(i: int, period: int, amplitude: int) -> int:

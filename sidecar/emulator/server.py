@@ -96,7 +96,9 @@ class Emulator:
         self.knobs = knobs if knobs is not None else EmulatorKnobs()
         self.host = host
         self._port = port
-        self._changed = asyncio.Event()
+        # Set when the counters change; only made while someone waits, since
+        # the counters change with every audio frame.
+        self._changed: asyncio.Event | None = None
         self.book = StatsBook(on_change=self._notify)
         self._sessions: set[Session] = set()
         self._server: Server | None = None
@@ -188,6 +190,8 @@ class Emulator:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not predicate(stats := self.stats):
+            if self._changed is None:
+                self._changed = asyncio.Event()
             changed = self._changed
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -221,8 +225,10 @@ class Emulator:
         return self._ordinal
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        changed = self._changed
+        if changed is not None:
+            self._changed = None
+            changed.set()
 
     def _knobs_changed(self) -> None:
         for session in self._sessions:

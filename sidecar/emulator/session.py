@@ -20,7 +20,6 @@ connection with 1007.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import json
 import logging
@@ -87,7 +86,11 @@ class Session:
         self._ended_ids: deque[str] = deque(maxlen=_ENDED_IDS_KEPT)
         self._loop = asyncio.get_running_loop()
         self._idle_since = self._loop.time()
-        self._wake = asyncio.Event()
+        # The idle timeout is a plain timer, re-armed on every state change:
+        # a watchdog task waking through wait_for cost two tasks per synthesis.
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_task: asyncio.Task[None] | None = None
+        self._serving = False
 
     @property
     def state(self) -> SessionState:
@@ -105,13 +108,14 @@ class Session:
 
     def wake(self) -> None:
         """A knob changed: re-evaluate timers now."""
-        self._wake.set()
+        self._rearm_idle()
         if self._run is not None:
             self._run.wake()
 
     async def serve(self) -> None:
         """Read frames until the connection is gone; return only then."""
-        watchdog = asyncio.create_task(self._idle_watchdog())
+        self._serving = True
+        self._rearm_idle()
         try:
             async for frame in self._ws:
                 if isinstance(frame, bytes):
@@ -121,7 +125,10 @@ class Session:
         except ConnectionClosed:
             pass
         finally:
-            watchdog.cancel()
+            self._serving = False
+            self._rearm_idle()  # cancels the timer
+            if self._idle_task is not None:
+                self._idle_task.cancel()
             if self._run is not None:
                 self._run.abandon()
             if self._run_task is not None:
@@ -135,19 +142,22 @@ class Session:
 
     # -- idle connections (§7) ---------------------------------------------
 
-    async def _idle_watchdog(self) -> None:
-        while True:
-            self._wake.clear()
-            if self._state is SessionState.IDLE:
-                deadline = self._idle_since + self._host.knobs.idle_timeout_s
-                remaining = deadline - self._loop.time()
-                if remaining <= 0:
-                    await self._idle_timeout()
-                    return
-            else:
-                remaining = None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), remaining)
+    def _rearm_idle(self) -> None:
+        """Schedule the idle check for the current state and knobs (or none)."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self._serving and self._idle_task is None and self._state is SessionState.IDLE:
+            deadline = self._idle_since + self._host.knobs.idle_timeout_s
+            self._idle_timer = self._loop.call_at(deadline, self._on_idle_timer)
+
+    def _on_idle_timer(self) -> None:
+        self._idle_timer = None
+        deadline = self._idle_since + self._host.knobs.idle_timeout_s
+        if self._state is not SessionState.IDLE or self._loop.time() < deadline:
+            self._rearm_idle()
+        else:
+            self._idle_task = asyncio.create_task(self._idle_timeout())
 
     async def _idle_timeout(self) -> None:
         self._host.book.idle_closed()
@@ -241,7 +251,7 @@ class Session:
         host = self._host
         knobs = host.knobs
         self._state = SessionState.STARTING
-        self._wake.set()
+        self._rearm_idle()
         record = TaskRecord(
             task_id=message.task_id,
             connection_id=self.connection_id,
@@ -298,7 +308,7 @@ class Session:
         elif self._state is not SessionState.CLOSED:
             self._state = SessionState.IDLE
             self._idle_since = self._loop.time()
-            self._wake.set()
+            self._rearm_idle()
 
     async def _refuse(self, task_id: str, code: str, message: str) -> None:
         """Answer task-failed for a task that never started (nothing recorded)."""
@@ -324,7 +334,7 @@ class Session:
         else:
             self._state = SessionState.IDLE
             self._idle_since = self._loop.time()
-            self._wake.set()
+            self._rearm_idle()
 
 
 def _task_id_of(frame: str) -> str | None:

@@ -50,7 +50,9 @@ class TaskRecord:
     ``error_code``/``error_message`` say why), ``abandoned`` (the connection
     went away while the task ran: the client closed or dropped it, or the
     emulator dropped it on purpose, then ``error_code`` is ``EmulatorDrop``).
-    ``audio_sha256`` is the SHA-256 of every binary frame sent, concatenated.
+    ``audio_sha256`` is the SHA-256 of every binary frame sent, concatenated;
+    while the task runs it is current in snapshots only (the live record's
+    value is filled in when the task ends).
     """
 
     task_id: str
@@ -150,10 +152,20 @@ class StatsBook:
         self.client_close_codes: Counter[int] = Counter()
         self.outcomes: Counter[str] = Counter()
         self.records: deque[TaskRecord] = deque(maxlen=MAX_TASK_RECORDS)
+        # Running tasks hash their audio only when read (see digest.py): a
+        # snapshot asks them, by record identity, for the current value.
+        self._live_sha256: dict[int, Callable[[], str]] = {}
 
     def changed(self) -> None:
         """Tell waiters something changed (after mutating a record in place)."""
         self._on_change()
+
+    def watch_sha256(self, record: TaskRecord, current: Callable[[], str]) -> None:
+        """Let snapshots fill ``record.audio_sha256`` from ``current()`` until unwatched."""
+        self._live_sha256[id(record)] = current
+
+    def unwatch_sha256(self, record: TaskRecord) -> None:
+        self._live_sha256.pop(id(record), None)
 
     def connection_opened(self) -> int:
         """Count a new connection; return its id (1-based)."""
@@ -217,5 +229,12 @@ class StatsBook:
             connections_dropped=self.connections_dropped,
             client_close_codes=Counter(self.client_close_codes),
             outcomes=Counter(self.outcomes),
-            tasks=[copy.copy(r) for r in self.records],
+            tasks=[self._copy(r) for r in self.records],
         )
+
+    def _copy(self, record: TaskRecord) -> TaskRecord:
+        result = copy.copy(record)
+        current = self._live_sha256.get(id(record))
+        if current is not None:
+            result.audio_sha256 = current()
+        return result
