@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,7 +23,11 @@ SIDECAR_BIN = str(Path(sys.executable).parent / "cosyvoice-sidecar")
 
 
 class Process:
-    """A ``cosyvoice-sidecar`` subprocess whose stdout lines can be awaited."""
+    """A ``cosyvoice-sidecar`` subprocess whose stdout lines can be awaited.
+
+    stderr (the logs) goes to a temporary file, not a pipe: nobody reads it
+    while the test runs, and a full pipe would stall a chatty process.
+    """
 
     def __init__(self, *args: str, env: Mapping[str, str] | None = None) -> None:
         self.args = [SIDECAR_BIN, *args]
@@ -30,6 +35,7 @@ class Process:
         self.env.update(env or {})
         self.proc: asyncio.subprocess.Process | None = None
         self.lines: list[str] = []
+        self._stderr_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __aexit__
 
     async def __aenter__(self) -> Self:
         self.proc = await asyncio.create_subprocess_exec(
@@ -37,7 +43,7 @@ class Process:
             env=self.env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            stderr=self._stderr_file,
         )
         return self
 
@@ -50,6 +56,7 @@ class Process:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
             await self.proc.wait()
+        self._stderr_file.close()
 
     async def expect(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
         """Read stdout until a line matches ``pattern``; fail after ``timeout`` seconds."""
@@ -79,17 +86,13 @@ class Process:
         """Wait for the process to end; return (exit code, stdout, stderr)."""
         assert self.proc is not None
         async with asyncio.timeout(scaled(timeout)):
-            out, err = await self.proc.communicate()
-        return self.proc.returncode or 0, out.decode(), err.decode()
+            out, _ = await self.proc.communicate()
+        return self.proc.returncode or 0, out.decode(), await self._stderr()
 
     async def _stderr(self) -> str:
-        assert self.proc is not None
-        assert self.proc.stderr is not None
-        try:
-            async with asyncio.timeout(2):
-                return (await self.proc.stderr.read()).decode()
-        except TimeoutError:
-            return "<stderr unavailable>"
+        """What the process wrote to stderr so far."""
+        self._stderr_file.seek(0)
+        return self._stderr_file.read().decode(errors="replace")
 
 
 def emulator_stats(ws_url: str) -> dict[str, Any]:
