@@ -229,8 +229,8 @@ def _synthesis_parts(task_id: str) -> tuple[str, str]:
     return frame[:cut], frame[cut + 1 :]
 
 
-def test_sentence_synthesis_shortcut_matches_the_full_parse() -> None:
-    """The frequent sentence-synthesis event gives the same event with or without the shortcut."""
+def test_sentence_synthesis_events_change_neither_state_nor_billing() -> None:
+    """The frequent sentence-synthesis event parses to its index and leaves the task as it was."""
     task = _task()
     _started(task)
     for index in (0, 0, 1, 1, 12, 0, 123456789):
@@ -266,8 +266,8 @@ def test_sentence_synthesis_shortcut_matches_the_full_parse() -> None:
         ),
     ],
 )
-def test_frames_near_the_synthesis_shortcut_are_parsed_in_full(frame: str) -> None:
-    """Frames that resemble this task's sentence-synthesis get exactly the full parse's result."""
+def test_frames_resembling_a_synthesis_event_are_told_apart(frame: str) -> None:
+    """Other tasks' frames, other encodings, usage and look-alike texts: each parsed as it is."""
     task = _task()
     _started(task)
     expected = protocol_events.parse_server_frame(frame)
@@ -289,13 +289,13 @@ def test_frames_near_the_synthesis_shortcut_are_parsed_in_full(frame: str) -> No
         "1e2",
         " 1",
         "\u0661",  # ARABIC-INDIC DIGIT ONE: str.isdigit() accepts it, JSON does not
-        "1" * 40,  # longer than the shortcut takes
+        "1" * 40,
         # The right prefix and suffix with more JSON between them: another sentence, billed.
         '1,"words":[]}},"usage":{"characters":9}},"z":{"a":{"b":{"index":2',
     ],
 )
-def test_odd_indexes_in_the_synthesis_shape_match_the_full_parse(middle: str) -> None:
-    """A canonical-looking frame whose index is not plain digits is judged by the full parse."""
+def test_odd_indexes_in_the_synthesis_shape_are_parsed_as_json_says(middle: str) -> None:
+    """A synthesis-looking frame whose index is not plain digits parses (or fails) as JSON says."""
     prefix, suffix = _synthesis_parts("t1")
     frame = prefix + middle + suffix
     task = _task()

@@ -13,7 +13,6 @@ __all__ = [
     "AudioReceived",
     "SentenceEvent",
     "ServerEvent",
-    "SynthesisShortcut",
     "TaskFailed",
     "TaskFinished",
     "TaskStarted",
@@ -195,63 +194,6 @@ def _parse_word(word: dict[str, Any]) -> Word:
         begin_time=int(word.get("begin_time", 0)),
         end_time=int(word.get("end_time", 0)),
     )
-
-
-class SynthesisShortcut:
-    """Recognises one task's ``sentence-synthesis`` frames without parsing JSON.
-
-    A task's most frequent text frame is ``sentence-synthesis`` (one before
-    every audio frame, §6), and it carries nothing but the sentence index.
-    :meth:`match` compares a frame with that event in the compact encoding
-    :func:`result_generated_event` writes (the emulator's, and the documented
-    skeleton's key order): if the frame is exactly that text with only the
-    index's digits differing, it returns the event the full parse would
-    return, else None and the caller parses the frame. Whether DashScope
-    itself sends these bytes is unconfirmed; if it does not, every frame
-    takes the full parse, which is correct, only slower.
-    """
-
-    __slots__ = ("_last", "_last_index", "_min_length", "_prefix", "_suffix", "_task_id")
-
-    # An index this long is not worth a shortcut (and int() limits digits).
-    _MAX_DIGITS = 9
-
-    def __init__(self, task_id: str) -> None:
-        # Cut the canonical frame for index 0 around that index: the prefix
-        # ends with the one `"index":` key (a task id cannot contain it
-        # unescaped), the suffix is what follows the digit.
-        canonical = result_generated_event(task_id, "sentence-synthesis", 0)
-        cut = canonical.rindex('"index":0') + len('"index":')
-        self._task_id = task_id
-        self._prefix = canonical[:cut]
-        self._suffix = canonical[cut + 1 :]
-        self._min_length = len(self._prefix) + len(self._suffix) + 1
-        self._last_index = ""
-        self._last: SentenceEvent | None = None
-
-    def match(self, frame: str) -> SentenceEvent | None:
-        """Return the frame's event if it is this task's canonical sentence-synthesis, else None."""
-        if (
-            len(frame) < self._min_length
-            or not frame.startswith(self._prefix)
-            or not frame.endswith(self._suffix)
-        ):
-            return None
-        digits = frame[len(self._prefix) : len(frame) - len(self._suffix)]
-        if digits == self._last_index:
-            return self._last  # frozen, so one instance serves every frame of a sentence
-        # Exactly a JSON integer >= 0: ASCII digits (str.isdigit alone accepts
-        # other scripts' digits), no leading zero (JSON forbids it).
-        if (
-            len(digits) > self._MAX_DIGITS
-            or not digits.isascii()
-            or not digits.isdigit()
-            or (digits[0] == "0" and len(digits) > 1)
-        ):
-            return None
-        event = SentenceEvent(self._task_id, "sentence-synthesis", int(digits), "")
-        self._last_index, self._last = digits, event
-        return event
 
 
 def _usage_characters(payload: dict[str, Any]) -> int | None:

@@ -12,7 +12,6 @@ from sidecar.protocol._events import (
     AudioReceived,
     SentenceEvent,
     ServerEvent,
-    SynthesisShortcut,
     TaskFailed,
     TaskFinished,
     TaskStarted,
@@ -66,10 +65,6 @@ class ClientTask:
     characters_sent: int = 0
     billed_characters: int | None = None
     failure: TaskFailed | None = field(default=None, repr=False)
-    _synthesis: SynthesisShortcut = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        self._synthesis = SynthesisShortcut(self.task_id)
 
     def start(self) -> str:
         self._require(TaskState.CREATED)
@@ -105,11 +100,6 @@ class ClientTask:
 
     def receive_text(self, frame: str) -> ServerEvent | None:
         """Feed one text frame; return its event, or None if it is for another task."""
-        # A sentence-synthesis of this task changes nothing here (no usage, no
-        # state); the shortcut answers it exactly or declines (then: parse).
-        synthesis = self._synthesis.match(frame)
-        if synthesis is not None:
-            return synthesis
         event = parse_server_frame(frame)
         if event.task_id != self.task_id:
             return None
