@@ -8,8 +8,11 @@ and depends on nothing else of the sidecar. Tests and demos start it on port 0::
 
 Modules: ``knobs`` (behaviour, changeable at run time), ``audio`` (deterministic
 audio), ``sentences`` (segmentation), ``params`` (run-task validation),
-``task`` (one task's synthesis), ``session`` (one connection's state machine),
-``stats`` (counters), ``server`` (listener and HTTP control), ``cli``.
+``task`` (one task's synthesis), ``output`` (a task's frames and counters),
+``pacer`` (one clock for every paced frame), ``wire`` (frames written in
+bursts), ``digest`` (audio SHA-256 on read), ``session`` (one connection's
+state machine), ``stats`` (counters), ``server`` (listener and HTTP control),
+``cli``.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from sidecar.emulator.knobs import EmulatorKnobs, KnobError
+from sidecar.emulator.pacer import Pacer
 from sidecar.emulator.session import Session
 from sidecar.emulator.stats import EmulatorStats, StatsBook
 
@@ -100,6 +101,7 @@ class Emulator:
         # the counters change with every audio frame.
         self._changed: asyncio.Event | None = None
         self.book = StatsBook(on_change=self._notify)
+        self.pacer = Pacer()  # sends the paced audio frames of every task
         self._sessions: set[Session] = set()
         self._server: Server | None = None
         self._ordinal = 0

@@ -31,6 +31,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
 from sidecar.emulator.knobs import EmulatorKnobs
+from sidecar.emulator.pacer import Pacer
 from sidecar.emulator.params import INVALID_PARAMETER, task_params
 from sidecar.emulator.stats import StatsBook, TaskRecord
 from sidecar.emulator.task import TaskPhase, TaskRun
@@ -69,6 +70,7 @@ class SessionHost(Protocol):
 
     knobs: EmulatorKnobs
     book: StatsBook
+    pacer: Pacer
 
     def next_task_ordinal(self) -> int: ...
 
@@ -283,6 +285,7 @@ class Session:
             knobs=knobs,
             book=host.book,
             ordinal=ordinal,
+            pacer=host.pacer,
         )
         self._run = run
         self._state = SessionState.RUNNING

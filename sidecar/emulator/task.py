@@ -13,14 +13,12 @@ The session (the connection's reader) calls :meth:`TaskRun.add_text`,
 the task acts on them at the next frame boundary, never between an event and
 its audio frame.
 
-Cost matters: a benchmark runs hundreds of tasks at once next to the system
-under test, so the per-frame path avoids allocating timers or tasks and
-re-encoding what does not change. Pacing waits on one future per frame, with
-a timer at the frame's absolute due time (so lateness never accumulates); the
-``sentence-synthesis`` event is encoded once per sentence; the audio is one
-cached buffer per sentence, sliced; frames are queued in a
-:class:`~sidecar.emulator.wire.FrameSink` and written once per burst (flushed
-before every wait); the audio's SHA-256 is computed only when read.
+Benchmarks run hundreds of tasks next to the system under test, so CPU per
+frame matters: after a task's first frame, its paced frames are sent from a
+:class:`~sidecar.emulator.pacer.Pacer` callback (:meth:`TaskRun._tick`)
+without waking the coroutine, which takes over at the end of a sentence, on a
+command, or under flow control. Frames queue in
+:class:`~sidecar.emulator.output.TaskOutput`, flushed before every wait.
 """
 
 from __future__ import annotations
@@ -28,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import math
 from collections import deque
 from typing import Any, Final
 
@@ -36,12 +33,12 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from sidecar.emulator import audio
-from sidecar.emulator.digest import AudioDigest
 from sidecar.emulator.knobs import EmulatorKnobs
+from sidecar.emulator.output import TaskOutput
+from sidecar.emulator.pacer import Pacer
 from sidecar.emulator.params import INVALID_PARAMETER, TaskParams
 from sidecar.emulator.sentences import Sentence, SentenceSplitter, strip_ssml, word_timings
 from sidecar.emulator.stats import Outcome, StatsBook, TaskRecord
-from sidecar.emulator.wire import FrameSink
 from sidecar.protocol import (
     ProtocolViolation,
     count_characters,
@@ -58,8 +55,6 @@ EMULATOR_DROP: Final = "EmulatorDrop"
 _FINISH: Final = None  # queue marker: finish-task received, no more text
 # Without pacing, write at least this often, so flow control (drain) applies.
 _FLUSH_BYTES: Final = 1 << 16
-# Timer granularity: a frame goes out at most this late, never early.
-_TICK_S: Final = 0.001
 
 
 class TaskPhase(enum.Enum):
@@ -93,9 +88,11 @@ class TaskRun:
         knobs: EmulatorKnobs,
         book: StatsBook,
         ordinal: int,
+        pacer: Pacer,
     ) -> None:
         self._ws = connection
-        self._sink = FrameSink(connection)
+        self._out = TaskOutput(connection, params.audio, record, book)
+        self._pacer = pacer
         self._params = params
         self.record = record
         self._knobs = knobs
@@ -104,22 +101,17 @@ class TaskRun:
         self.phase = TaskPhase.RUNNING
         self._splitter = SentenceSplitter()
         self._queue: deque[Sentence | None] = deque()
-        self._waiter: asyncio.Future[None] | None = None  # resolved by _wake() or _timer
+        self._waiter: asyncio.Future[None] | None = None  # resolved by wake() or _timer
         self._timer: asyncio.TimerHandle | None = None
+        self._generation = 0  # of _tick callbacks: one that does not match is stale
         self._stop: _Stop | None = None
         self._loop = asyncio.get_running_loop()
         self._last_activity = self._loop.time()
         self._text_messages = 0
         self._characters = 0  # counted characters received (§4.2)
         self._billed = 0  # running total reported in sentence-end
-        self._index = 0  # sentences whose sentence-end was queued
-        self._frames = 0
-        self._audio_bytes = 0  # queued; the record counts them once written
-        self._first_audio_at: float | None = None
-        self._audio_ms = 0.0
-        self._digest = AudioDigest()
         self._fault_done = False
-        book.watch_sha256(record, self._sha256)
+        book.watch_sha256(record, self._out.sha256)
 
     @property
     def task_id(self) -> str:
@@ -127,8 +119,8 @@ class TaskRun:
 
     def __repr__(self) -> str:
         return (
-            f"<TaskRun {self.task_id} {self.phase.value} sentences={self._index} "
-            f"frames={self._frames} queued={len(self._queue)}>"
+            f"<TaskRun {self.task_id} {self.phase.value} sentences={self._out.sentences} "
+            f"audio={self.record.audio_bytes}B queued={len(self._queue)}>"
         )
 
     # -- commands from the session ------------------------------------------
@@ -166,7 +158,7 @@ class TaskRun:
         self.phase = TaskPhase.FINISHING
         self._queue.extend(self._splitter.flush())
         self._queue.append(_FINISH)
-        self._wake()
+        self.wake()
 
     def cancel(self) -> None:
         """The cancel directive: stop at once, then task-finished (§4.4)."""
@@ -180,33 +172,31 @@ class TaskRun:
     def abandon(self) -> None:
         """The connection is gone: stop without sending anything."""
         self._stop = _Stop("abandoned")
-        self._wake()
-
-    def wake(self) -> None:
-        """Re-read the knobs now (a knob changed)."""
-        self._wake()
+        self.wake()
 
     def started(self) -> None:
         """task-started went out: the input timeout counts from now (§7)."""
         self._last_activity = self._loop.time()
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Re-read the knobs now (a knob changed); commands call it too."""
+        self._generation += 1  # a _tick already scheduled does nothing
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-            assert self._timer is not None
-            self._timer.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
 
     def _interrupt(self, stop: _Stop) -> None:
         if self._stop is None:
             self._stop = stop
-        self._wake()
+        self.wake()
 
     def _enqueue(self, sentences: list[Sentence]) -> None:
         self._last_activity = self._loop.time()
         if sentences:  # else a waiting task finds the later input deadline when it wakes
             self._queue.extend(sentences)
-            self._wake()
+            self.wake()
 
     # -- the task's body ----------------------------------------------------
 
@@ -217,8 +207,7 @@ class TaskRun:
                 while (sentence := await self._next()) is not None:
                     await self._synthesize(sentence)
                 await self._inject_fault()
-                self._sink.text(task_finished_event(self.task_id, self._characters).encode())
-                await self._flush()
+                await self._send_final(task_finished_event(self.task_id, self._characters))
                 self._end("finished")
             except _Stop as stop:
                 await self._stopped(stop)
@@ -226,23 +215,25 @@ class TaskRun:
             self._end("abandoned")
         finally:
             self._book.unwatch_sha256(self.record)
-            self.record.audio_sha256 = self._sha256()
+            self.record.audio_sha256 = self._out.sha256()
         return self.record.outcome
 
     async def _stopped(self, stop: _Stop) -> None:
         if stop.outcome == "cancelled":
-            self._sink.text(task_finished_event(self.task_id, self._characters).encode())
-            await self._flush()
+            await self._send_final(task_finished_event(self.task_id, self._characters))
         elif stop.outcome == "failed":
             assert stop.code is not None
-            self._sink.text(task_failed_event(self.task_id, stop.code, stop.message).encode())
-            await self._flush()
+            await self._send_final(task_failed_event(self.task_id, stop.code, stop.message))
             self.record.error_code = stop.code
             self.record.error_message = stop.message
         elif stop.code is not None:  # abandoned because the emulator dropped the socket
             self.record.error_code = stop.code
             self.record.error_message = stop.message
         self._end(stop.outcome)
+
+    async def _send_final(self, event: str) -> None:
+        self._out.sink.text(event.encode())  # after whatever is still queued
+        await self._out.flush()
 
     def _end(self, outcome: Outcome) -> None:
         self.phase = TaskPhase.ENDED
@@ -259,8 +250,8 @@ class TaskRun:
             self._check()
             if self._queue:
                 return self._queue.popleft()
-            if self._sink.pending:
-                await self._flush()  # the last sentence-end goes out before waiting for text
+            if self._out.sink.pending:
+                await self._out.flush()  # the last sentence-end goes out before waiting for text
                 continue
             timeout = self._knobs.input_timeout_s
             deadline = self._last_activity + timeout
@@ -274,92 +265,106 @@ class TaskRun:
             self._check()
             if self._loop.time() >= deadline:
                 return
-            if self._sink.pending:
-                await self._flush()  # what is due now goes out before the wait
+            if self._out.sink.pending:
+                await self._out.flush()  # what is due now goes out before the wait
                 continue
             await self._arm(deadline)
 
     def _arm(self, deadline: float) -> asyncio.Future[None]:
-        """Return a future resolved at ``deadline`` or by the next :meth:`_wake`.
+        """Return a future resolved at ``deadline`` or by the next :meth:`wake`.
 
-        One future and one timer per wait: asyncio.wait_for on an Event cost a
-        task and several callbacks for every audio frame. The timer is rounded
-        up to the next :data:`_TICK_S`, so the frames of many tasks due within
-        one tick go out in one turn of the event loop rather than one turn
-        (and one epoll_wait) each.
+        One future and one timer: asyncio.wait_for on an Event costs a task
+        and several callbacks per wait.
         """
         waiter = self._loop.create_future()
         self._waiter = waiter
-        self._timer = self._loop.call_at(math.ceil(deadline / _TICK_S) * _TICK_S, _release, waiter)
+        self._timer = self._loop.call_at(deadline, _release, waiter)
         return waiter
 
-    async def _flush(self) -> None:
-        """Write the queued frames, then count what they carried in the record."""
-        await self._sink.flush()
-        record = self.record
-        if record.audio_bytes != self._audio_bytes or record.sentences != self._index:
-            record.audio_bytes = self._audio_bytes
-            record.sentences = self._index
-            self._book.changed()
-
     def _event(self, kind: str, **fields: Any) -> bytes:
-        return result_generated_event(self.task_id, kind, self._index, **fields).encode()
+        index = self._out.sentences
+        return result_generated_event(self.task_id, kind, index, **fields).encode()
 
     async def _synthesize(self, sentence: Sentence) -> None:
         spec = self._params.audio
         knobs = self._knobs
-        key = (sentence.text, self._index, spec, knobs.ms_per_character)
+        out = self._out
+        key = (sentence.text, out.sentences, spec, knobs.ms_per_character)
         data = audio.sentence_audio(*key)
-        if self._first_audio_at is None:
+        if out.first_audio_at is None:
             await self._sleep_until(self._loop.time() + knobs.first_packet_delay_s)
-            self._first_audio_at = self._loop.time()
-            if spec.format == "wav":
-                self._digest.append(("wav", spec.sample_rate), audio.wav_header(spec.sample_rate))
+            out.first_audio_at = self._loop.time()
         self._check()
-        self._digest.append(key, data)
-        sink = self._sink
-        sink.text(self._event("sentence-begin", original_text=sentence.text))
-        synthesis = self._event("sentence-synthesis")  # the same for every frame (§6)
-        size = audio.chunk_size(spec.format, spec.sample_rate, knobs.chunk_ms)
-        width = audio.sample_width(spec.format)
-        view = memoryview(data)
-        first_audio_at = self._first_audio_at
-        for start in range(0, len(data), size):
-            # Pacing: hold each frame until real time catches up with the audio
-            # sent before it (x factor), on an absolute schedule.
-            factor = knobs.realtime_factor
-            if factor > 0:
-                await self._sleep_until(first_audio_at + self._audio_ms * factor / 1000)
-            else:
-                self._check()
-            chunk: bytes | memoryview = view[start : start + size]
-            if self._frames == 0 and spec.format == "wav":
-                chunk = audio.wav_header(spec.sample_rate) + chunk
-            sink.text(synthesis)
-            sink.binary(chunk)
-            self._frames += 1
-            self._audio_bytes += len(chunk)
-            self._audio_ms += min(size, len(data) - start) // width * 1000 / spec.sample_rate
+        out.start_sentence(
+            key,
+            data,
+            begin=self._event("sentence-begin", original_text=sentence.text),
+            synthesis=self._event("sentence-synthesis"),
+            chunk_ms=knobs.chunk_ms,
+        )
+        await self._play()
+        self._billed += sentence.characters
+        duration_ms = len(data) // audio.sample_width(spec.format) * 1000 // spec.sample_rate
+        words = word_timings(sentence.text, duration_ms) if self._params.word_timestamps else ()
+        end = self._event(
+            "sentence-end", original_text=sentence.text, words=words, characters=self._billed
+        )
+        out.end_sentence(end)
+
+    async def _play(self) -> None:
+        """Queue the sentence's frames, each at its due time; the last one stays queued."""
+        out = self._out
+        while out.frames_left:
+            self._check()
+            factor = self._knobs.realtime_factor
+            if factor > 0 and self._fault_done:
+                # The steady state: the pacer sends the frames until the
+                # sentence is done or something needs this coroutine.
+                waiter = self._loop.create_future()
+                self._waiter = waiter
+                self._timer = None
+                self._generation += 1
+                self._tick(self._generation)
+                try:
+                    await waiter
+                finally:
+                    self._generation += 1  # whatever happened, no tick runs on its own
+                if out.frames_left and self._stop is None:
+                    await out.flush()  # flow control, or a connection going away
+                continue
+            if factor > 0:  # hold the frame until real time catches up (x factor)
+                await self._sleep_until(out.due(factor))
+            out.queue_frame()
             self._last_activity = self._loop.time()
             if not self._fault_done:
                 await self._inject_fault()
-            elif sink.pending_bytes >= _FLUSH_BYTES:
-                await self._flush()
-        self._billed += sentence.characters
-        duration_ms = len(data) // width * 1000 // spec.sample_rate
-        words = word_timings(sentence.text, duration_ms) if self._params.word_timestamps else ()
-        sink.text(
-            self._event(
-                "sentence-end",
-                original_text=sentence.text,
-                words=words,
-                characters=self._billed,
-            )
-        )
-        self._index += 1
+            elif out.sink.pending_bytes >= _FLUSH_BYTES:
+                await out.flush()
 
-    def _sha256(self) -> str:
-        return self._digest.hexdigest(self.record.audio_bytes)
+    def _tick(self, generation: int) -> None:
+        """Pacer callback: send the frames now due, then come back for the next one.
+
+        Returns control to :meth:`_play` (resolves its waiter) when the
+        sentence has no frame left, the task must stop, pacing was turned
+        off, or the connection cannot take the frames without waiting.
+        """
+        if generation != self._generation:
+            return  # the coroutine took over since this call was scheduled
+        waiter = self._waiter
+        assert waiter is not None
+        try:
+            factor = self._knobs.realtime_factor
+            if self._stop is None and factor > 0:
+                now = self._last_activity = self._loop.time()
+                due = self._out.queue_due(factor, now, _FLUSH_BYTES)
+                if due is not None and self._out.write_now():
+                    self._pacer.call_at(due, self._tick, generation)
+                    return
+        except Exception as exc:  # noqa: BLE001 - handed to _play, which raises it
+            if not waiter.done():
+                waiter.set_exception(exc)
+            return
+        _release(waiter)
 
     async def _inject_fault(self) -> None:
         """Mid-task faults (knobs): after the first audio frame, or before task-finished."""
@@ -368,7 +373,7 @@ class TaskRun:
         self._fault_done = True
         knobs = self._knobs
         if _every(knobs.drop_mid_every, self._ordinal):
-            await self._flush()  # what was sent before the drop, the client may have
+            await self._out.flush()  # what was sent before the drop, the client may have
             _log.info("dropping connection mid-task %s (drop_mid_every)", self.task_id)
             self._ws.transport.abort()
             self._book.dropped()

@@ -9,27 +9,25 @@ instead queues the frames of one burst and writes them with a single
 ``transport.write``: the bytes on the wire are the same frames, in the same
 order, only fewer TCP segments carry them.
 
-The fast path is only taken in the state where ``send`` itself would write at
-once: the connection OPEN, its transport not closing, no extensions (the
-emulator negotiates none). Otherwise the queued frames go through ``send``
-one by one, which raises :exc:`~websockets.exceptions.ConnectionClosed` exactly
-as before.
+The emulator negotiates no extension (``compression=None``), so a server
+frame is its RFC 6455 header followed by its payload, unmasked. Frames are
+written only while the connection is OPEN, as ``send`` would; on a closing
+connection ``send`` itself raises :exc:`~websockets.exceptions.ConnectionClosed`.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import Final
+from typing import Final, NoReturn
 
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import Opcode
 from websockets.protocol import State
 
-__all__ = ["FrameSink", "frame_header"]
+__all__ = ["BINARY", "TEXT", "FrameSink", "Payload", "frame_header"]
 
-_FIN: Final = 0x80
-_TEXT: Final = _FIN | Opcode.TEXT.value
-_BINARY: Final = _FIN | Opcode.BINARY.value
+TEXT: Final = 0x80 | Opcode.TEXT.value  # FIN and the opcode: the header's first byte
+BINARY: Final = 0x80 | Opcode.BINARY.value
 
 Payload = bytes | memoryview
 
@@ -37,8 +35,9 @@ Payload = bytes | memoryview
 def frame_header(first_byte: int, length: int) -> bytes:
     """Return the header of an unmasked frame (RFC 6455 §5.2) carrying ``length`` bytes.
 
-    ``first_byte`` is FIN and the opcode. Servers never mask, so the header
-    only depends on the length: 7 bits, or 126 and 16 bits, or 127 and 64 bits.
+    ``first_byte`` is FIN and the opcode (:data:`TEXT`, :data:`BINARY`).
+    Servers never mask, so the header only depends on the length: 7 bits, or
+    126 and 16 bits, or 127 and 64 bits.
     """
     if length < 126:
         return bytes((first_byte, length))
@@ -56,37 +55,42 @@ class FrameSink:
     """
 
     def __init__(self, connection: ServerConnection) -> None:
+        if connection.protocol.extensions:  # pragma: no cover - the emulator negotiates none
+            raise ValueError("FrameSink writes plain frames: no WebSocket extension allowed")
         self._ws = connection
-        self._frames: list[tuple[int, Payload]] = []
+        self._parts: list[Payload] = []
         self.pending_bytes = 0
 
     @property
     def pending(self) -> bool:
         """Whether frames wait for :meth:`flush`."""
-        return bool(self._frames)
+        return bool(self._parts)
 
     def text(self, payload: bytes) -> None:
         """Queue a text frame; ``payload`` is UTF-8 already."""
-        self._frames.append((_TEXT, payload))
-        self.pending_bytes += len(payload)
+        self.add(frame_header(TEXT, len(payload)), payload)
 
-    def binary(self, payload: Payload) -> None:
-        """Queue a binary frame; ``payload`` must not change until flushed."""
-        self._frames.append((_BINARY, payload))
-        self.pending_bytes += len(payload)
+    def add(self, *parts: Payload) -> None:
+        """Queue whole frames given as parts: headers from :func:`frame_header`, payloads.
+
+        Payloads must not change until flushed.
+        """
+        self._parts += parts
+        self.pending_bytes += sum(map(len, parts))
 
     def write_now(self) -> bool:
         """Write the queued frames if that needs no waiting.
 
         Return True when the writer may go on: everything was written and the
         transport holds nothing back. Otherwise :meth:`flush` must be awaited
-        (frames the fast path could not take are still queued).
+        (frames stay queued when the connection is not open).
         """
-        if self._frames:
-            if not self._fast_path():
+        transport = self._ws.transport
+        if self._parts:
+            if self._ws.protocol.state is not State.OPEN:
                 return False
             self._write()
-        return not self._ws.transport.get_write_buffer_size()
+        return not (transport.get_write_buffer_size() or transport.is_closing())
 
     async def flush(self) -> None:
         """Write the queued frames; raise ConnectionClosed if the connection is gone.
@@ -94,32 +98,28 @@ class FrameSink:
         Waits while the transport's buffer is above its high-water mark, like
         ``send`` does, so a client that stops reading stops the task.
         """
-        if self._frames:
-            if not self._fast_path():
-                frames = self._frames
-                self._frames = []
+        ws = self._ws
+        if self._parts:
+            if ws.protocol.state is not State.OPEN:
+                self._parts = []
                 self.pending_bytes = 0
-                for first_byte, payload in frames:
-                    await self._ws.send(payload, text=first_byte == _TEXT)
-                return
+                await _closed(ws)
             self._write()
-        if self._ws.transport.get_write_buffer_size():
-            await self._ws.drain()
-
-    def _fast_path(self) -> bool:
-        """Whether ``send`` would write at once: the connection open, no extension."""
-        protocol = self._ws.protocol
-        return (
-            protocol.state is State.OPEN
-            and not self._ws.transport.is_closing()
-            and not protocol.extensions
-        )
+        if ws.transport.get_write_buffer_size() or ws.transport.is_closing():
+            await ws.drain()  # what send() does after writing
 
     def _write(self) -> None:
-        wire: list[Payload] = []
-        for first_byte, payload in self._frames:
-            wire.append(frame_header(first_byte, len(payload)))
-            wire.append(payload)
-        self._frames = []
+        data = b"".join(self._parts)
+        self._parts = []
         self.pending_bytes = 0
-        self._ws.transport.write(b"".join(wire))
+        self._ws.transport.write(data)
+
+
+async def _closed(ws: ServerConnection) -> NoReturn:
+    """Raise what ``send`` raises on a connection that is no longer open.
+
+    ``send`` then writes nothing: it waits until the connection is closed (the
+    close timeout bounds it) and raises ConnectionClosed.
+    """
+    await ws.send(b"")
+    raise AssertionError(f"send() on a {ws.protocol.state.name} connection returned")

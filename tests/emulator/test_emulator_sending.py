@@ -1,0 +1,93 @@
+"""The emulator's sending path, part by part: frame headers, cached audio, digests, the pacer."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import pytest
+from websockets.frames import Frame, Opcode
+
+from sidecar.emulator import AudioSpec
+from sidecar.emulator.audio import (
+    chunk_size,
+    encode,
+    pcm_chunks,
+    sample_width,
+    sentence_audio,
+    sentence_pcm,
+    wav_header,
+)
+from sidecar.emulator.digest import AudioDigest
+from sidecar.emulator.pacer import TICK_S, Pacer
+from sidecar.emulator.wire import frame_header
+from tests.timing import scaled
+
+
+@pytest.mark.parametrize("opcode", [Opcode.TEXT, Opcode.BINARY])
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 4410, 65535, 65536, 100_000])
+def test_frame_header_is_what_websockets_would_send(opcode: Opcode, length: int) -> None:
+    """Header + payload equal websockets' own serialization of an unmasked frame."""
+    payload = bytes(i % 251 for i in range(length))
+    expected = Frame(opcode, payload).serialize(mask=False, extensions=[])
+    assert frame_header(0x80 | opcode.value, length) + payload == expected
+
+
+@pytest.mark.parametrize("format_", ["pcm", "wav", "mp3", "opus"])
+def test_sentence_audio_cut_by_chunk_size_is_the_encoded_chunks(format_: str) -> None:
+    """Slicing the cached sentence every chunk_size bytes gives encode() of each PCM chunk."""
+    spec = AudioSpec(format_, 22050, seed=5)
+    data = sentence_audio("Cut me into frames.", 1, spec, 60)
+    assert data == encode(format_, sentence_pcm("Cut me into frames.", 1, spec, 60))
+    assert sentence_audio("Cut me into frames.", 1, spec, 60) is data  # cached
+    size = chunk_size(format_, 22050, 30)  # 661 samples: the last frame is shorter
+    assert size == 661 * sample_width(format_)
+    frames = [data[i : i + size] for i in range(0, len(data), size)]
+    pcm = sentence_pcm("Cut me into frames.", 1, spec, 60)
+    assert frames == [encode(format_, c) for c in pcm_chunks(pcm, 22050, 30)]
+    assert len(frames[-1]) < size
+
+
+def test_audio_digest_is_the_sha256_of_every_prefix() -> None:
+    """Any prefix, within a piece or on a boundary, hashes like hashlib; caching changes nothing."""
+    pieces = [("h", wav_header(16000)), ("a", b"first piece " * 50), ("b", b"second" * 77)]
+    stream = b"".join(data for _, data in pieces)
+    lengths = [0, 10, 44, 45, 44 + 600, 700, len(stream) - 1, len(stream)]
+    for _ in range(2):  # the second round reuses the states cached by the first
+        digest = AudioDigest()
+        for key, data in pieces:
+            digest.append(key, data)
+        for length in lengths:
+            assert digest.hexdigest(length) == hashlib.sha256(stream[:length]).hexdigest()
+    other = AudioDigest()  # same first key, other content after: no false sharing
+    other.append("h", wav_header(16000))
+    other.append("c", b"different")
+    assert other.hexdigest(53) == hashlib.sha256(wav_header(16000) + b"different").hexdigest()
+    with pytest.raises(ValueError, match="fewer"):
+        other.hexdigest(54)
+
+
+async def test_pacer_runs_callbacks_in_time_order_never_early() -> None:
+    """Callbacks run by due time (ties in call order), at or after it, about one tick late."""
+    loop = asyncio.get_running_loop()
+    pacer = Pacer()
+    ran: list[tuple[int, float]] = []
+    done = loop.create_future()
+    start = loop.time()
+    due = {1: 0.06, 2: 0.02, 3: 0.04, 4: 0.04, 5: 0.0}
+
+    def record(n: int) -> None:
+        ran.append((n, loop.time()))
+        if n == 6:
+            done.set_result(None)
+        elif len(ran) == 5:
+            pacer.call_at(loop.time() + 0.01, record, 6)  # scheduling from a callback works
+
+    for n, offset in due.items():
+        pacer.call_at(start + offset, record, n)
+    await asyncio.wait_for(done, scaled(2))
+    assert [n for n, _ in ran] == [5, 2, 3, 4, 1, 6]
+    for n, at in ran[:5]:
+        assert at >= start + due[n]
+        assert at <= start + due[n] + TICK_S + scaled(0.05)
+    assert len(pacer) == 0
