@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
+import statistics
 import time
 from collections.abc import Callable
 
@@ -37,8 +38,13 @@ async def test_paced_frames_follow_an_absolute_schedule(emulator: Emulator) -> N
     for k, arrived in enumerate(arrivals):
         early = sent + k * 0.010 - arrived
         assert early <= 0, f"frame {k} came {early:.4f} s early"
-    # The schedule is absolute: the last frame is not later by the sum of per-frame delays.
-    assert arrivals[-1] <= sent + 65 * 0.010 + scaled(0.25)
+    assert arrivals[-1] <= sent + 65 * 0.010 + scaled(0.5)  # nor much later
+    # The schedule is absolute, so lateness does not build up frame after frame:
+    # the last frames are as late as the first ones (medians, robust to hiccups).
+    lateness = sorted(arrived - k * 0.010 for k, arrived in enumerate(arrivals))
+    late = [arrived - k * 0.010 - lateness[0] for k, arrived in enumerate(arrivals)]
+    drift = statistics.median(late[-10:]) - statistics.median(late[:10])
+    assert drift < scaled(0.015), f"pacing drifted {drift * 1000:.1f} ms over {len(late)} frames"
 
 
 def _valid_pairs(transcript: Transcript) -> bool:
