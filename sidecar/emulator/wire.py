@@ -10,40 +10,39 @@ instead queues the frames of one burst and writes them with a single
 order, only fewer TCP segments carry them.
 
 The emulator negotiates no extension (``compression=None``), so a server
-frame is its RFC 6455 header followed by its payload, unmasked. Frames are
-written only while the connection is OPEN, as ``send`` would; on a closing
-connection ``send`` itself raises :exc:`~websockets.exceptions.ConnectionClosed`.
+frame is a header that depends only on the opcode and the length, then the
+payload, unmasked. The headers come from websockets' own serializer, cached
+per length (audio frames repeat a few lengths), so the framing stays the
+library's. Frames are written only while the connection is OPEN, as ``send``
+would; on a closing connection ``send`` itself raises
+:exc:`~websockets.exceptions.ConnectionClosed`.
 """
 
 from __future__ import annotations
 
-import struct
+import functools
 from typing import Final, NoReturn
 
 from websockets.asyncio.server import ServerConnection
-from websockets.frames import Opcode
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 __all__ = ["BINARY", "TEXT", "FrameSink", "Payload", "frame_header"]
 
-TEXT: Final = 0x80 | Opcode.TEXT.value  # FIN and the opcode: the header's first byte
-BINARY: Final = 0x80 | Opcode.BINARY.value
+TEXT: Final = Opcode.TEXT
+BINARY: Final = Opcode.BINARY
 
 Payload = bytes | memoryview
 
 
-def frame_header(first_byte: int, length: int) -> bytes:
-    """Return the header of an unmasked frame (RFC 6455 §5.2) carrying ``length`` bytes.
+@functools.lru_cache(maxsize=1024)
+def frame_header(opcode: Opcode, length: int) -> bytes:
+    """Return the header websockets writes before an unmasked, final ``length``-byte frame.
 
-    ``first_byte`` is FIN and the opcode (:data:`TEXT`, :data:`BINARY`).
-    Servers never mask, so the header only depends on the length: 7 bits, or
-    126 and 16 bits, or 127 and 64 bits.
+    It is websockets' serialization of such a frame without its payload.
     """
-    if length < 126:
-        return bytes((first_byte, length))
-    if length < 1 << 16:
-        return struct.pack("!BBH", first_byte, 126, length)
-    return struct.pack("!BBQ", first_byte, 127, length)
+    serialized = Frame(opcode, bytes(length)).serialize(mask=False)
+    return serialized[: len(serialized) - length]
 
 
 class FrameSink:

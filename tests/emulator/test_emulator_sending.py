@@ -30,7 +30,7 @@ def test_frame_header_is_what_websockets_would_send(opcode: Opcode, length: int)
     """Header + payload equal websockets' own serialization of an unmasked frame."""
     payload = bytes(i % 251 for i in range(length))
     expected = Frame(opcode, payload).serialize(mask=False, extensions=[])
-    assert frame_header(0x80 | opcode.value, length) + payload == expected
+    assert frame_header(opcode, length) + payload == expected
 
 
 @pytest.mark.parametrize("format_", ["pcm", "wav", "mp3", "opus"])
