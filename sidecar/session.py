@@ -89,6 +89,9 @@ class Session:
         self._params = params
         self.request_id = request_id
         self._started_at = time.monotonic()
+        # Cached: on CPython 3.11 every asyncio.get_running_loop() is a getpid()
+        # system call, and the deadlines are re-armed on every upstream frame.
+        self._loop = asyncio.get_running_loop()
         self._outbox = Outbox(params, batch_ms=config.audio_batch_ms)
         self._lease: Lease | None = None
         self._task: UpstreamTask | None = None
@@ -257,7 +260,7 @@ class Session:
                     raise InvalidRequest("text", "the stream carried no text")
                 await task.finish()
                 self._finish_deadline = (
-                    asyncio.get_running_loop().time() + self._config.finish_timeout_s
+                    self._loop.time() + self._config.finish_timeout_s
                 )
                 self._note_synthesis_requested()
         except asyncio.CancelledError:
@@ -333,7 +336,7 @@ class Session:
         """From a flush or finish on, audio must start within first_audio_timeout_s."""
         if self._first_audio_deadline is None and self._frames == 0:
             self._first_audio_deadline = (
-                asyncio.get_running_loop().time() + self._config.first_audio_timeout_s
+                self._loop.time() + self._config.first_audio_timeout_s
             )
         self._arm()
 
@@ -350,7 +353,7 @@ class Session:
         if self._finish_deadline is not None:
             deadline = min(deadline or self._finish_deadline, self._finish_deadline)
             if self._frames:
-                stall = asyncio.get_running_loop().time() + self._config.stall_timeout_s
+                stall = self._loop.time() + self._config.stall_timeout_s
                 deadline = min(deadline, stall)
         self._watchdog.set(deadline)
 
@@ -361,7 +364,7 @@ class Session:
         self._pumps[1].cancel()  # the reader turns this into the timeout error
 
     def _timeout_error(self) -> UpstreamTimeout:
-        now = asyncio.get_running_loop().time()
+        now = self._loop.time()
         if self._finish_deadline is not None and now >= self._finish_deadline:
             what = f"no task-finished within {self._config.finish_timeout_s:g}s after finish"
         elif self._frames == 0:
