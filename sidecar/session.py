@@ -259,9 +259,7 @@ class Session:
                 if self._texts_sent == 0:
                     raise InvalidRequest("text", "the stream carried no text")
                 await task.finish()
-                self._finish_deadline = (
-                    self._loop.time() + self._config.finish_timeout_s
-                )
+                self._finish_deadline = self._loop.time() + self._config.finish_timeout_s
                 self._note_synthesis_requested()
         except asyncio.CancelledError:
             raise
@@ -335,9 +333,7 @@ class Session:
     def _note_synthesis_requested(self) -> None:
         """From a flush or finish on, audio must start within first_audio_timeout_s."""
         if self._first_audio_deadline is None and self._frames == 0:
-            self._first_audio_deadline = (
-                self._loop.time() + self._config.first_audio_timeout_s
-            )
+            self._first_audio_deadline = self._loop.time() + self._config.first_audio_timeout_s
         self._arm()
 
     def _arm(self) -> None:
