@@ -14,9 +14,13 @@ __all__ = ["ClientMessage", "ContinueTask", "FinishTask", "RunTask", "dumps", "p
 _STREAMING: Final = "duplex"
 
 
+# One encoder for every message: json.dumps with options builds a new one per call.
+_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def dumps(message: dict[str, Any]) -> str:
     """Encode a protocol message as the compact UTF-8 JSON both sides send."""
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(message)
 
 
 # --------------------------------------------------------------------------

@@ -90,6 +90,9 @@ def configure_logging(level: str, log_format: str = "text", stream: IO[str] | No
     root = logging.getLogger()
     if root.handlers:
         return
+    # Neither format shows the process or the thread: spare every record the
+    # getpid() system call and thread lookups (this process owns its logging).
+    logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(TraceContextFilter())
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
