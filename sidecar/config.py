@@ -282,7 +282,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="log lines as text, or json (one object per line) for log collectors; both carry "
         f"trace and span ids when tracing is on (env {LOG_FORMAT_ENV}; default text). "
         "Tracing and metrics follow the standard OTEL_* variables, e.g. "
-        "OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_EXPORTER=otlp|console|none; off by default",
+        "OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_EXPORTER=otlp|console|none, "
+        "OTEL_METRICS_EXPORTER=otlp|console|prometheus|none; off by default",
     )
     for option in OPTIONS:
         default = getattr(defaults, option.name)

@@ -7,6 +7,11 @@ read their own standard variables (``OTEL_SERVICE_NAME``,
 ``OTEL_BSP_*``, ``OTEL_METRIC_EXPORT_INTERVAL``, ...) from the process
 environment, as every OpenTelemetry SDK does.
 
+``OTEL_METRICS_EXPORTER=prometheus`` serves the metrics for scraping instead
+of pushing them: ``http://OTEL_EXPORTER_PROMETHEUS_HOST:OTEL_EXPORTER_PROMETHEUS_PORT/metrics``
+(the specification's variables; ``localhost`` and 9464 by default, so set the
+host to ``0.0.0.0`` for a scraper outside the pod).
+
 Everything is off unless asked for: with no ``OTEL_*_EXPORTER`` and no OTLP
 endpoint set, the result is :meth:`Telemetry.disabled` and nothing is
 installed. Unlike the SDK's own auto-configuration, the default exporter is
@@ -28,7 +33,7 @@ from sidecar.config import ConfigError
 from sidecar.telemetry._core import Telemetry
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.metrics.export import MetricExporter
+    from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace.export import SpanExporter
 
@@ -37,7 +42,8 @@ __all__ = ["ExportSettings", "telemetry_from_env"]
 log = logging.getLogger(__name__)
 
 DEFAULT_SERVICE_NAME: Final = "cosyvoice-sidecar"
-_EXPORTERS: Final = ("otlp", "console", "none")
+_EXPORTERS: Final = ("otlp", "console", "prometheus", "none")
+_METRICS_ONLY: Final = ("prometheus",)
 _PROTOCOLS: Final = ("grpc", "http/protobuf")
 _OTLP_PACKAGES: Final = {
     "grpc": "opentelemetry-exporter-otlp-proto-grpc",
@@ -85,10 +91,15 @@ def _exporters(env: Mapping[str, str], signal: str) -> tuple[str, ...]:
         endpoints = ("OTEL_EXPORTER_OTLP_ENDPOINT", f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")
         return ("otlp",) if any(env.get(e, "").strip() for e in endpoints) else ()
     names = tuple(dict.fromkeys(part.strip().lower() for part in raw.split(",") if part.strip()))
+    allowed = (
+        _EXPORTERS
+        if signal == "METRICS"
+        else tuple(e for e in _EXPORTERS if e not in _METRICS_ONLY)
+    )
     for name in names:
-        if name not in _EXPORTERS:
+        if name not in allowed:
             raise ConfigError(
-                f"{variable}={raw!r}: each exporter must be one of {', '.join(_EXPORTERS)}"
+                f"{variable}={raw!r}: each exporter must be one of {', '.join(allowed)}"
             )
     return () if "none" in names else names
 
@@ -112,7 +123,8 @@ def telemetry_from_env(
     unknown exporter or protocol, or an OTLP protocol whose package is not
     installed.
     """
-    settings = ExportSettings.from_env(os.environ if env is None else env)
+    env = os.environ if env is None else env
+    settings = ExportSettings.from_env(env)
     if not (settings.traces or settings.metrics):
         return Telemetry.disabled()
     # The SDK is imported only when something is exported: it costs ~50 ms at startup.
@@ -140,18 +152,57 @@ def telemetry_from_env(
         shutdown.append(tracer_provider.shutdown)
     meter_provider = None
     if settings.metrics:
-        readers = [
-            PeriodicExportingMetricReader(
-                ConsoleMetricExporter(out=out)
-                if name == "console"
-                else _otlp_metric_exporter(settings.metrics_protocol)
-            )
-            for name in settings.metrics
-        ]
+        readers: list[MetricReader] = []
+        for name in settings.metrics:
+            if name == "prometheus":
+                readers.append(_prometheus_reader(env, shutdown))
+            else:
+                readers.append(
+                    PeriodicExportingMetricReader(
+                        ConsoleMetricExporter(out=out)
+                        if name == "console"
+                        else _otlp_metric_exporter(settings.metrics_protocol)
+                    )
+                )
         meter_provider = MeterProvider(resource=resource, metric_readers=readers)
-        shutdown.append(meter_provider.shutdown)
+        # Before the scrape endpoint stops (hooks run in order).
+        shutdown.insert(0, meter_provider.shutdown)
     log.info("telemetry: %s", settings.describe())
     return Telemetry(tracer_provider, meter_provider, on_shutdown=shutdown)
+
+
+def _prometheus_reader(
+    env: Mapping[str, str], shutdown: list[Callable[[], object]]
+) -> MetricReader:
+    """A reader serving ``/metrics`` for Prometheus; its HTTP server stops with the telemetry."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from prometheus_client import start_http_server
+
+    host = env.get("OTEL_EXPORTER_PROMETHEUS_HOST", "").strip() or "localhost"
+    raw_port = env.get("OTEL_EXPORTER_PROMETHEUS_PORT", "").strip() or "9464"
+    try:
+        port = int(raw_port)
+        if not 0 <= port <= 65535:
+            raise ValueError(raw_port)
+    except ValueError as exc:
+        raise ConfigError(
+            f"OTEL_EXPORTER_PROMETHEUS_PORT must be a port number (got {raw_port!r})"
+        ) from exc
+    reader = PrometheusMetricReader()
+    try:
+        server, thread = start_http_server(port, addr=host)
+    except OSError as exc:
+        reader.shutdown()  # unregisters its collector
+        raise ConfigError(f"cannot serve Prometheus metrics on {host}:{port}: {exc}") from exc
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    shutdown.append(stop)
+    log.info("metrics for Prometheus on http://%s:%d/metrics", host, server.server_address[1])
+    return reader
 
 
 def _resource() -> Resource:

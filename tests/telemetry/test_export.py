@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import io
 import json
+import socket
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -74,6 +78,7 @@ def test_exporter_lists_none_and_sdk_disabled() -> None:
     [
         ({"OTEL_TRACES_EXPORTER": "jaeger"}, "OTEL_TRACES_EXPORTER"),
         ({"OTEL_METRICS_EXPORTER": "otlp,zipkin"}, "OTEL_METRICS_EXPORTER"),
+        ({"OTEL_TRACES_EXPORTER": "prometheus"}, "OTEL_TRACES_EXPORTER"),  # metrics only
         ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "OTEL_EXPORTER_OTLP_PROTOCOL"),
         (
             {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "udp"},
@@ -143,3 +148,56 @@ async def test_otlp_grpc_export_reaches_a_receiver(monkeypatch: pytest.MonkeyPat
     assert span_attributes(span)["cosyvoice.connection.id"] == 3
     assert ("x-tenant", "speech") in receiver.metadata[0]
     assert "cosyvoice.pool.connection.create_time" in receiver.metric_names()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _scrape(port: int) -> str:
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text: str = response.read().decode()
+        return text
+
+
+async def test_prometheus_serves_the_metrics_until_shutdown() -> None:
+    """OTEL_METRICS_EXPORTER=prometheus: /metrics on the configured port, gone after aclose."""
+    port = _free_port()
+    env = {
+        "OTEL_METRICS_EXPORTER": "prometheus",
+        "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
+        "OTEL_EXPORTER_PROMETHEUS_PORT": str(port),
+    }
+    telemetry = telemetry_from_env(env)
+    try:
+        assert not telemetry.tracing
+        with telemetry.connecting("warm", detached=True) as connect:
+            connect.opened(3)
+        text = await asyncio.to_thread(_scrape, port)
+        assert "cosyvoice_pool_connection_create_time_seconds_count" in text, text[:2000]
+    finally:
+        await telemetry.aclose()
+    with pytest.raises(urllib.error.URLError):
+        await asyncio.to_thread(_scrape, port)
+
+
+def test_prometheus_port_must_be_a_port_and_free() -> None:
+    """A bad or taken port is a ConfigError naming the variable or the address."""
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_PROMETHEUS_PORT"):
+        telemetry_from_env(
+            {"OTEL_METRICS_EXPORTER": "prometheus", "OTEL_EXPORTER_PROMETHEUS_PORT": "http"}
+        )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {
+            "OTEL_METRICS_EXPORTER": "prometheus",
+            "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
+            "OTEL_EXPORTER_PROMETHEUS_PORT": str(taken.getsockname()[1]),
+        }
+        with pytest.raises(ConfigError, match="cannot serve Prometheus metrics"):
+            telemetry_from_env(env)
