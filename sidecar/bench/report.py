@@ -131,7 +131,9 @@ def markdown(report: dict[str, Any]) -> str:
         "the measured window. Other load: CPU (in cores) that processes other than the bench's "
         "own used meanwhile (the machine is shared). Gap: time between two audio chunks of one "
         "task "
-        f"(the emulator paces them {k['chunk_ms'] * k['realtime_factor']:g} ms apart).",
+        f"(the emulator paces them {k['chunk_ms'] * k['realtime_factor']:g} ms apart; the "
+        "sidecar merges later frames for up to --audio-batch-ms while the caller is well "
+        "ahead of real time, so its gaps are longer by design).",
     ]
     split = breakdown_table(report)
     if split:
