@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import shutil
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+import pytest
 
 from sidecar.emulator import Emulator, TaskRecord
 from sidecar.server import SidecarServer
 from tests.timing import scaled
 
-__all__ = ["assert_pool_settles", "eventually", "task_record"]
+__all__ = ["assert_pool_settles", "eventually", "require_executable", "task_record"]
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
@@ -54,3 +60,24 @@ def task_record(emulator: Emulator, task_id: str) -> TaskRecord:
 
 def sha256(data: bytes | bytearray) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def require_executable(name: str) -> str:
+    """Return the path of tool ``name`` (next to this interpreter, in .tools/bin or on PATH).
+
+    Missing: the test fails when ``CI`` is set (CI must never turn client and
+    tool tests into silent skips), and is skipped with the reason otherwise.
+    """
+    for candidate in (Path(sys.executable).parent / name, _REPO / ".tools" / "bin" / name):
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which(name)
+    if found:
+        return found
+    message = f"{name} is not installed (make venv / make tools install it)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; it is required in CI")
+    pytest.skip(message)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 from sidecar.bench.loadgen import GO_SOURCE
+from tests.helpers import require_executable
 
 
 @pytest.fixture(scope="session")
@@ -18,11 +17,6 @@ def go() -> str:
     Without it the test skips, unless ``$CI`` is set: then it fails, as every
     client test does (CI must never turn them into silent skips).
     """
-    found = shutil.which("go")
-    if found is None:
-        reason = "go is not on PATH: the Go load generator cannot be built"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI is set: the Go load generator's tests must run)")
-        pytest.skip(reason)
+    found = require_executable("go")
     assert (Path(GO_SOURCE) / "cmd" / "loadgen").is_dir(), GO_SOURCE
     return found

@@ -10,16 +10,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import shlex
-import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.clients.conftest import RunningSidecar
+from tests.helpers import require_executable
 from tests.timing import scaled
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -54,19 +52,11 @@ GRPCURL_COMMANDS = [
     GRPCURL_INVALID,
 ]
 
-_PINNED_GRPCURL = Path(__file__).resolve().parents[2] / ".tools" / "bin" / "grpcurl"
-
 
 @pytest.fixture(scope="module")
 def grpcurl() -> str:
-    """The grpcurl binary: on PATH, else the pinned one in .tools/bin (``make tools``)."""
-    found = shutil.which("grpcurl") or (str(_PINNED_GRPCURL) if _PINNED_GRPCURL.exists() else None)
-    if found is None:
-        reason = "grpcurl is not on PATH nor in .tools/bin; run `make tools`"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI is set: grpcurl tests must run)")
-        pytest.skip(reason)
-    return found
+    """The grpcurl binary: the pinned one in .tools/bin (``make tools``), else on PATH."""
+    return require_executable("grpcurl")
 
 
 def run_grpcurl(

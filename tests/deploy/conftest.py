@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from tests.deploy.dockerfile import Stage, parse
+from tests.helpers import require_executable
 from tests.timing import scaled
 
 __all__ = [
@@ -54,23 +55,6 @@ BASE_IMAGE_PATH = "/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"
 # the machine's cache so the install takes seconds; the rest would leak the
 # developer's virtualenv into the "clean" one.
 _DROPPED_ENV = ("PIP_NO_CACHE_DIR", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")
-
-
-def require_executable(name: str) -> str:
-    """Return the path of tool ``name`` (next to this interpreter, in .tools/bin or on PATH).
-
-    Missing: the test fails when ``CI`` is set, and is skipped with the reason otherwise.
-    """
-    for candidate in (Path(sys.executable).parent / name, REPO / ".tools" / "bin" / name):
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    found = shutil.which(name)
-    if found:
-        return found
-    message = f"{name} is not installed (make venv / make tools install it)"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}; it is required in CI")
-    pytest.skip(message)
 
 
 def stage(name: str) -> Stage:
