@@ -14,20 +14,17 @@ Policies (defaults in :class:`PoolPolicy`, each a ``serve`` option):
   concurrency quota). ``min_idle`` warm spares are kept *above* the number in
   use (target = busy + min_idle, capped), so a burst finds warm sockets;
   spares beyond the target are closed after ``shrink_after`` seconds idle.
-* **Warm-up** in parallel through a token bucket (``connect_burst``,
-  ``connect_rate``), after one first connect has proven the key and the
-  upstream: a cold start or mass reconnect never becomes a storm.
-* **Renewal, make-before-break**: an idle socket nearing ``max_idle_age``
-  (jittered, below the server's idle limit) or ``max_lifetime`` gets its
-  replacement opened first; only then is it closed with code 1000. With no
-  room under ``max_size`` it is closed first (never over quota).
+* **Warm-up** in parallel, after one first connect has proven the key and
+  the upstream; pacing, backoff and the refused-key breaker are the
+  :class:`~sidecar.connect_gate.ConnectGate`'s.
+* **Renewal, make-before-break**: an idle socket due for renewal
+  (:mod:`sidecar.idle`) gets its replacement opened first; only then is it
+  closed with code 1000. With no room under ``max_size`` it is closed first.
 * **Staleness**: a socket the server closed is seen without a round trip
   (its state) and discarded at borrow time.
-* **Failures**: jittered exponential backoff on connect errors; a breaker on a
-  refused key (HTTP 401/403) stops connecting, probes every
-  ``auth_probe_interval`` and at once when the key file changes.
 * **Leases**: a borrowed socket whose call shows no activity for
-  ``lease_stall`` seconds is reclaimed (closed, its call ended).
+  ``lease_stall`` seconds is reclaimed (closed, its call ended). Calls that
+  find every socket busy wait in FIFO order (:mod:`sidecar.waiters`).
 
 Invariants, asserted by the tests after every cancellation scenario:
 ``idle + busy + opening <= max_size``; a connection is in at most one of idle /
@@ -41,15 +38,17 @@ import asyncio
 import logging
 import random
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
+from sidecar.connect_gate import ConnectGate
 from sidecar.errors import PoolClosed, PoolExhausted, UpstreamAuthError, UpstreamError
+from sidecar.idle import IdleConnections
 from sidecar.lease import Lease
 from sidecar.pool_policy import PoolPolicy, PoolStatus
-from sidecar.retry import Breaker, TokenBucket, backoff_delays
 from sidecar.telemetry import Telemetry
 from sidecar.upstream import UpstreamConnection
+from sidecar.waiters import Waiters
 
 __all__ = ["Lease", "Pool", "PoolPolicy", "PoolStatus"]
 
@@ -75,26 +74,17 @@ class Pool:
         self._key_changed = key_changed
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._telemetry = telemetry or Telemetry.disabled()
-        self._idle: deque[UpstreamConnection] = deque()
+        self._idle = IdleConnections(policy, self._rng)
         self._busy: dict[UpstreamConnection, Lease] = {}
         self._opening = 0
         self._closing: set[asyncio.Task[None]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._waiters: deque[asyncio.Future[UpstreamConnection]] = deque()
-        self._renewing: set[UpstreamConnection] = set()
-        self._renew_at: dict[UpstreamConnection, float] = {}
-        self._idle_since: dict[UpstreamConnection, float] = {}
-        self._bucket = TokenBucket(policy.connect_rate, policy.connect_burst)
-        self._breaker = Breaker(policy.auth_probe_interval)
-        self._auth_error: UpstreamAuthError | None = None
-        self._backoff = backoff_delays(policy.backoff_initial, policy.backoff_max, self._rng)
-        self._retry_after = 0.0
-        self._failures = 0
+        self._waiters = Waiters()
+        self._gate = ConnectGate(policy, self._rng)
         self._warmed_once = False
         self._ready_changed = asyncio.Event()
         self._closed = False
         self._maintainer: asyncio.Task[None] | None = None
-        self.last_error: UpstreamError | None = None
         self._opened_total = 0
         self._closed_total: Counter[str] = Counter()
         self._stale_retries = 0
@@ -109,6 +99,11 @@ class Pool:
     def max_size(self) -> int:
         return self.policy.max_size
 
+    @property
+    def last_error(self) -> UpstreamError | None:
+        """Why the last connect failed, until one succeeds."""
+        return self._gate.last_error
+
     def __repr__(self) -> str:
         s = self.status()
         return (
@@ -122,11 +117,11 @@ class Pool:
             busy=len(self._busy),
             opening=self._opening,
             closing=len(self._closing),
-            waiters=self._live_waiters(),
+            waiters=len(self._waiters),
             max_size=self.max_size,
             min_idle=self.min_idle,
             ready=self.ready,
-            breaker_open=self._breaker.is_open,
+            breaker_open=self._gate.key_refused,
             last_error=str(self.last_error) if self.last_error else "",
             opened_total=self._opened_total,
             closed_total=dict(self._closed_total),
@@ -141,9 +136,9 @@ class Pool:
         refused, and while the upstream cannot be reached and fewer than
         ``min_idle`` sockets are open; a routine replacement does not flap it.
         """
-        if self._closed or self._breaker.is_open or not self._warmed_once:
+        if self._closed or self._gate.key_refused or not self._warmed_once:
             return False
-        return self._failures == 0 or len(self._idle) + len(self._busy) >= self.min_idle
+        return self._gate.failures == 0 or len(self._idle) + len(self._busy) >= self.min_idle
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for :attr:`ready`; return whether it is."""
@@ -180,14 +175,11 @@ class Pool:
         self._signal_ready()
         if self._maintainer is not None:
             self._maintainer.cancel()
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_exception(PoolClosed("the sidecar is shutting down"))
-        self._waiters.clear()
+        self._waiters.fail_all(PoolClosed("the sidecar is shutting down"))
         for task in list(self._tasks):
             task.cancel()
-        while self._idle:
-            self._close(self._idle.popleft(), "shutdown")
+        while (connection := self._idle.pop_newest()) is not None:
+            self._close(connection, "shutdown")
         for connection in list(self._busy):
             # Calls still running get a transport error, which is the truth.
             self._close(connection, "shutdown")
@@ -210,8 +202,8 @@ class Pool:
         """
         if self._closed:
             raise PoolClosed("the sidecar is shutting down")
-        if self._auth_error is not None:
-            raise self._auth_error
+        if self._gate.auth_error is not None:
+            raise self._gate.auth_error
         started = time.monotonic()
         bound = (
             self.policy.acquire_timeout
@@ -223,23 +215,13 @@ class Pool:
             return self._lend(connection, warm=True, started=started)
         if self._total() < self.max_size:
             return await self._open_for_caller(started, bound)
-        waiter: asyncio.Future[UpstreamConnection] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
         try:
-            async with asyncio.timeout(bound):
-                connection = await waiter
-        except BaseException as exc:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                # Handed over just as this caller timed out or was cancelled: give it back.
-                self.release(waiter.result())
-            if isinstance(exc, TimeoutError):
-                raise PoolExhausted(
-                    f"all {self.max_size} upstream connections stayed busy for {bound:g}s",
-                    retry_after_s=1.0,
-                ) from exc
-            raise
+            connection = await self._waiters.wait(bound, give_back=self.release)
+        except TimeoutError as exc:
+            raise PoolExhausted(
+                f"all {self.max_size} upstream connections stayed busy for {bound:g}s",
+                retry_after_s=1.0,
+            ) from exc
         lease = self._busy[connection]
         lease.wait_ms = (time.monotonic() - started) * 1000
         return lease
@@ -266,9 +248,8 @@ class Pool:
         if self._closed:
             return
         now = time.monotonic()
-        if self._key_changed() and self._breaker.is_open:
-            self._breaker.probe_now()
-            self._retry_after = 0.0
+        if self._key_changed():
+            self._gate.key_changed()
         self._drop_stale_idle()
         self._reclaim_stalled_leases(now)
         self._shrink(now, self._target())
@@ -276,21 +257,21 @@ class Pool:
         self._replenish(now)
 
     def _target(self) -> int:
-        return min(len(self._busy) + self.min_idle + self._live_waiters(), self.max_size)
+        return min(len(self._busy) + self.min_idle + len(self._waiters), self.max_size)
 
     def _replenish(self, now: float | None = None) -> None:
         """Start the connects that bring the pool up to its target (no scans)."""
         if self._closed:
             return
         now = time.monotonic() if now is None else now
-        if self._breaker.is_open:
-            if self._opening == 0 and self._breaker.allow_probe(now):
+        if self._gate.key_refused:
+            if self._opening == 0 and self._gate.may_probe(now):
                 self._start_open(reason="probe")
             return
-        if now < self._retry_after:
+        if not self._gate.may_connect(now):
             return
         deficit = self._target() - self._total()
-        if self._opened_total == 0 or self._failures:
+        if self._opened_total == 0 or self._gate.failures:
             # Until a connect has succeeded (first start, upstream down, a key
             # not yet proven), one attempt at a time: a bad key or a dead
             # upstream costs one handshake per backoff step, never a storm.
@@ -316,21 +297,17 @@ class Pool:
 
     def _shrink(self, now: float, target: int) -> None:
         excess = len(self._idle) + len(self._busy) - target
-        # The longest-idle sockets sit at the left end of the deque.
-        while excess > 0 and self._idle:
-            oldest = self._idle[0]
-            if now - self._idle_since.get(oldest, now) < self.policy.shrink_after:
+        while excess > 0:
+            oldest = self._idle.pop_oldest_idle_for(now, self.policy.shrink_after)
+            if oldest is None:
                 break
-            self._idle.popleft()
             self._close(oldest, "shrunk")
             excess -= 1
 
     def _renew(self, now: float) -> None:
-        for connection in list(self._idle):
-            if connection in self._renewing or now < self._renew_at.get(connection, now + 1):
-                continue
-            if self._total() < self.max_size and not self._breaker.is_open:
-                self._renewing.add(connection)  # make before break
+        for connection in self._idle.due_for_renewal(now):
+            if self._total() < self.max_size and not self._gate.key_refused:
+                self._idle.start_renewal(connection)  # make before break
                 self._start_open(reason="renewal", replaces=connection)
             else:
                 self._idle.remove(connection)  # no room under the quota: break, then make
@@ -341,12 +318,8 @@ class Pool:
     def _total(self) -> int:
         return len(self._idle) + len(self._busy) + self._opening
 
-    def _live_waiters(self) -> int:
-        return sum(1 for w in self._waiters if not w.done())
-
     def _take_idle(self) -> UpstreamConnection | None:
-        while self._idle:
-            connection = self._idle.pop()  # the most recently used: its socket is surest
+        while (connection := self._idle.pop_newest()) is not None:
             if connection.reusable:
                 return connection
             log.info("discarding %r: the server closed it while idle", connection)
@@ -354,9 +327,6 @@ class Pool:
         return None
 
     def _lend(self, connection: UpstreamConnection, *, warm: bool, started: float) -> Lease:
-        self._renewing.discard(connection)
-        self._idle_since.pop(connection, None)  # idle bookkeeping starts again on return
-        self._renew_at.pop(connection, None)
         lease = Lease(connection, warm=warm, wait_ms=(time.monotonic() - started) * 1000)
         self._busy[connection] = lease
         self._replenish()
@@ -364,20 +334,11 @@ class Pool:
 
     def _make_idle(self, connection: UpstreamConnection) -> None:
         """Hand a reusable connection to the first waiter, else put it idle."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                self._busy[connection] = Lease(connection, warm=True, wait_ms=0.0)
-                waiter.set_result(connection)
-                return
-        now = time.monotonic()
-        self._idle.append(connection)
-        self._idle_since[connection] = now
-        jitter = 1 - self.policy.age_jitter * self._rng.random()
-        self._renew_at[connection] = min(
-            now + self.policy.max_idle_age * jitter,
-            connection.opened_at + self.policy.max_lifetime * jitter,
-        )
+        if self._waiters.hand_over(connection):
+            # The waiter resumes later and reads its lease (and wait time) from here.
+            self._busy[connection] = Lease(connection, warm=True, wait_ms=0.0)
+            return
+        self._idle.push(connection, time.monotonic())
 
     async def _open_for_caller(self, started: float, bound: float) -> Lease:
         self._opening += 1
@@ -426,7 +387,7 @@ class Pool:
         except UpstreamError as exc:
             self._opening -= 1
             if replaces is not None:
-                self._renewing.discard(replaces)
+                self._idle.end_renewal(replaces)
             self._note_failure(exc)
             return
         except BaseException:
@@ -434,18 +395,17 @@ class Pool:
             raise
         self._opening -= 1
         self._note_success()
-        if replaces is not None and replaces in self._renewing:
-            self._renewing.discard(replaces)
-            if replaces in self._idle:  # still idle: the replacement takes its place
-                self._idle.remove(replaces)
-                self._close(replaces, "renewed")
+        if replaces is not None and self._idle.end_renewal(replaces):
+            # Still idle: the replacement takes its place.
+            self._idle.remove(replaces)
+            self._close(replaces, "renewed")
         log.debug("opened %r (%s)", connection, reason)
         self._accept_new(connection)
 
     async def _rate_limited_connect(
         self, reason: str, replaces: UpstreamConnection | None = None
     ) -> UpstreamConnection:
-        delay = self._bucket.reserve(time.monotonic())
+        delay = self._gate.pace(time.monotonic())
         if delay > 0:
             await asyncio.sleep(delay)
         # A caller's connect is part of its borrow; background ones get root
@@ -472,39 +432,13 @@ class Pool:
         self._replenish()
 
     def _note_success(self) -> None:
-        self._backoff = backoff_delays(
-            self.policy.backoff_initial, self.policy.backoff_max, self._rng
-        )
-        self._failures = 0
-        self._retry_after = 0.0
-        self.last_error = None
-        if self._breaker.is_open:
-            log.info("upstream accepts the API key again: connecting")
-            self._breaker.reset()
-            self._auth_error = None
+        self._gate.succeeded()
         self._signal_ready()
 
     def _note_failure(self, exc: UpstreamError) -> None:
-        self.last_error = exc
-        self._failures += 1
-        now = time.monotonic()
+        self._gate.failed(exc, time.monotonic())
         if isinstance(exc, UpstreamAuthError):
-            if not self._breaker.is_open:
-                log.error(
-                    "upstream refused the API key (%s): not connecting again except one probe "
-                    "every %gs or when the key file changes; health is NOT_SERVING",
-                    exc,
-                    self.policy.auth_probe_interval,
-                )
-            self._breaker.trip(now, str(exc))
-            self._auth_error = exc
-            for waiter in self._waiters:
-                if not waiter.done():
-                    waiter.set_exception(exc)
-        else:
-            delay = next(self._backoff)
-            self._retry_after = now + delay
-            log.warning("upstream connect failed (%s); next attempt in %.2fs", exc, delay)
+            self._waiters.fail_all(exc)
         self._signal_ready()
 
     def _signal_ready(self) -> None:
@@ -512,9 +446,6 @@ class Pool:
 
     def _close(self, connection: UpstreamConnection, reason: str) -> None:
         self._closed_total[reason] += 1
-        self._renewing.discard(connection)
-        self._renew_at.pop(connection, None)
-        self._idle_since.pop(connection, None)
         task = asyncio.get_running_loop().create_task(connection.aclose())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
