@@ -4,7 +4,8 @@ A task's upstream frames arrive every few tens of milliseconds, and each one
 moves the deadline by which the next must come. Creating a timer (or an
 ``asyncio.timeout``) per frame is measurable on the hot path; a
 :class:`Watchdog` makes moving the deadline an assignment, and its single
-timer re-arms itself when it fires before the (moved) deadline.
+timer re-arms itself when it fires before the (moved) deadline. Only a
+deadline moved *earlier* than the timer costs a new timer.
 """
 
 from __future__ import annotations
@@ -24,10 +25,20 @@ class Watchdog:
         self._timer: asyncio.TimerHandle | None = None
 
     def set(self, deadline: float | None) -> None:
-        """Move the deadline (loop time), or clear it with None; never blocks."""
+        """Move the deadline (loop time), or clear it with None; never blocks.
+
+        Moving it later is an assignment (the timer re-arms when it fires);
+        moving it earlier than the timer re-arms the timer, or an earlier
+        deadline would only be noticed at the later one.
+        """
         self._deadline = deadline
-        if deadline is not None and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_at(deadline, self._fire)
+        if deadline is None:
+            return
+        if self._timer is not None:
+            if deadline >= self._timer.when():
+                return
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_at(deadline, self._fire)
 
     def cancel(self) -> None:
         """Stop watching for good."""

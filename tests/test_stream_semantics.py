@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 import pytest
@@ -63,13 +64,19 @@ async def test_first_audio_timeout(start_sidecar: StartSidecar, emulator: Emulat
 
 
 async def test_stall_between_frames(start_sidecar: StartSidecar, emulator: Emulator) -> None:
-    """Audio started, then the upstream stalls: UNAVAILABLE naming the stall bound."""
-    server = await start_sidecar(stall_timeout_s=scaled(0.3))
+    """Audio started, then the upstream stalls: UNAVAILABLE naming the stall bound, in time.
+
+    The stall bound is far nearer than the first-audio bound armed before it;
+    the call must end at the stall bound, not when the first-audio one passes.
+    """
+    server = await start_sidecar(stall_timeout_s=scaled(0.3), first_audio_timeout_s=scaled(20))
     emulator.update_knobs(realtime_factor=20.0)  # each 100 ms chunk takes 2 s
+    started = time.monotonic()
     async with AsyncSynthesizerClient(server.address) as client:
         error = await _error_of(client.synthesize("A sentence long enough for several chunks."))
     assert error.code() is grpc.StatusCode.UNAVAILABLE
     assert "stalled" in (error.details() or "")
+    assert time.monotonic() - started < scaled(10)
     await assert_pool_settles(server, emulator)
 
 

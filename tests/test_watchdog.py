@@ -33,3 +33,17 @@ async def test_cleared_or_cancelled_never_fires() -> None:
     cancelled.cancel()
     await asyncio.sleep(0.08)
     assert fired == []
+
+
+async def test_a_deadline_moved_earlier_fires_at_the_earlier_time() -> None:
+    """Moving the deadline earlier than the pending timer is not noticed late."""
+    loop = asyncio.get_running_loop()
+    fired: list[float] = []
+    dog = Watchdog(lambda: fired.append(loop.time()))
+    start = loop.time()
+    dog.set(start + 10.0)  # e.g. the first-audio bound
+    dog.set(start + 0.05)  # then a much nearer one (a stall bound)
+    await asyncio.sleep(0.3)
+    assert len(fired) == 1
+    assert start + 0.05 <= fired[0] < start + 0.3
+    dog.cancel()
