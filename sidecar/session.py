@@ -29,14 +29,14 @@ from dataclasses import dataclass
 
 from cosyvoice.sidecar.v1 import synthesizer_pb2 as pb
 
-from sidecar import protocol
+from sidecar import protocol, responses
 from sidecar.config import Config
+from sidecar.deadlines import UpstreamDeadlines
 from sidecar.errors import (
     CallerIdle,
     InvalidRequest,
     SidecarError,
     UpstreamTaskFailed,
-    UpstreamTimeout,
     UpstreamUnavailable,
 )
 from sidecar.outbox import Outbox
@@ -44,7 +44,6 @@ from sidecar.params import TaskParams
 from sidecar.pool import Lease, Pool
 from sidecar.telemetry import Synthesis, Telemetry
 from sidecar.upstream import UpstreamTask
-from sidecar.watchdog import Watchdog
 
 __all__ = ["Command", "Finish", "Flush", "Session", "Text"]
 
@@ -89,26 +88,26 @@ class Session:
         self._params = params
         self.request_id = request_id
         self._started_at = time.monotonic()
-        # Cached: on CPython 3.11 every asyncio.get_running_loop() is a getpid()
-        # system call, and the deadlines are re-armed on every upstream frame.
-        self._loop = asyncio.get_running_loop()
         self._outbox = Outbox(params, batch_ms=config.audio_batch_ms)
         self._lease: Lease | None = None
         self._task: UpstreamTask | None = None
         self._pumps: list[asyncio.Task[None]] = []
         self._frames = 0  # audio frames received from the upstream
-        self._watchdog = Watchdog(self._on_overdue)  # bounds the waits for upstream frames
+        self._deadlines = UpstreamDeadlines(
+            asyncio.get_running_loop(),
+            first_audio_s=config.first_audio_timeout_s,
+            stall_s=config.stall_timeout_s,
+            finish_s=config.finish_timeout_s,
+            on_overdue=self._on_overdue,
+        )
         self._timed_out = False
         self._first_audio_ms = 0.0
-        self._sentence_text: dict[int, str] = {}
+        self._timings = responses.SentenceTimings()
         self._texts_sent = 0
-        self._finish_deadline: float | None = None
-        self._first_audio_deadline: float | None = None
         # For telemetry: how the call ended, and what the task did.
         self._synthesis: Synthesis | None = None
         self._error: BaseException | None = None
         self._cancelled = False
-        self._sentences = 0
         self._borrowed_at = 0.0
 
     @property
@@ -133,7 +132,13 @@ class Session:
                 self._task.task_id,
                 self._lease.connection,
             )
-            yield self._started()
+            yield responses.started(
+                request_id=self.request_id,
+                task_id=self._task.task_id,
+                params=self._params,
+                warm=self._lease.warm,
+                pool_wait_ms=self._lease.wait_ms,
+            )
             assert self._synthesis is not None
             with self._synthesis.activate():  # the pumps (and their logs) inherit the span
                 self._pumps = [
@@ -144,7 +149,13 @@ class Session:
             while (response := await self._outbox.get()) is not None:
                 yield response
                 lease.touch()
-            yield self._completed()
+            yield responses.completed(
+                billed_characters=self._task.protocol.billed_characters or 0,
+                first_audio_ms=self._first_audio_ms,
+                audio_duration_ms=self._outbox.audio_ms(),
+                audio_bytes=self._outbox.audio_bytes,
+                audio_chunks=self._outbox.chunks,
+            )
         except BaseException as exc:
             self._error = exc
             raise
@@ -250,7 +261,7 @@ class Session:
                     await self._send_text(task, command.text)
                 elif isinstance(command, Flush):
                     await task.flush()
-                    self._note_synthesis_requested()
+                    self._deadlines.synthesis_requested()
                     await self._outbox.put_flushed()
                 else:
                     break
@@ -259,8 +270,7 @@ class Session:
                 if self._texts_sent == 0:
                     raise InvalidRequest("text", "the stream carried no text")
                 await task.finish()
-                self._finish_deadline = self._loop.time() + self._config.finish_timeout_s
-                self._note_synthesis_requested()
+                self._deadlines.finish_sent()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - handed to the writer, which raises it
@@ -312,13 +322,14 @@ class Session:
                     if task.state is not protocol.TaskState.CANCELLING:
                         if self._frames == 0:
                             self._first_audio_ms = (time.monotonic() - self._started_at) * 1000
+                            self._deadlines.audio_started()
                         self._frames += 1
                         await self._outbox.put_audio(event.data)
                 elif isinstance(event, protocol.SentenceEvent):
-                    response = self._sentence_response(event)
+                    response = self._timings.response_for(event)
                     if response is not None:
                         await self._outbox.put_response(response)
-                self._arm()
+                self._deadlines.frame_received()
             await self._outbox.put_done()
         except asyncio.CancelledError:
             if not self._timed_out:
@@ -326,32 +337,9 @@ class Session:
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()
-            await self._outbox.put_error(self._timeout_error())
+            await self._outbox.put_error(self._deadlines.error())
         except BaseException as exc:  # noqa: BLE001 - handed to the writer, which raises it
             await self._outbox.put_error(exc)
-
-    def _note_synthesis_requested(self) -> None:
-        """From a flush or finish on, audio must start within first_audio_timeout_s."""
-        if self._first_audio_deadline is None and self._frames == 0:
-            self._first_audio_deadline = self._loop.time() + self._config.first_audio_timeout_s
-        self._arm()
-
-    def _arm(self) -> None:
-        """Set when the next upstream frame is overdue.
-
-        Before a flush or finish, silence is legitimate (DashScope waits for a
-        sentence end, and the caller-idle bound covers the caller); after it,
-        the first audio, each following frame and task-finished are bounded.
-        """
-        deadline = None
-        if self._frames == 0:
-            deadline = self._first_audio_deadline
-        if self._finish_deadline is not None:
-            deadline = min(deadline or self._finish_deadline, self._finish_deadline)
-            if self._frames:
-                stall = self._loop.time() + self._config.stall_timeout_s
-                deadline = min(deadline, stall)
-        self._watchdog.set(deadline)
 
     def _on_overdue(self) -> None:
         if len(self._pumps) < 2 or self._pumps[1].done():
@@ -359,72 +347,10 @@ class Session:
         self._timed_out = True
         self._pumps[1].cancel()  # the reader turns this into the timeout error
 
-    def _timeout_error(self) -> UpstreamTimeout:
-        now = self._loop.time()
-        if self._finish_deadline is not None and now >= self._finish_deadline:
-            what = f"no task-finished within {self._config.finish_timeout_s:g}s after finish"
-        elif self._frames == 0:
-            what = f"no audio within {self._config.first_audio_timeout_s:g}s after flush/finish"
-        else:
-            what = f"upstream stalled for {self._config.stall_timeout_s:g}s between frames"
-        return UpstreamTimeout(what)
-
-    def _sentence_response(self, event: protocol.SentenceEvent) -> pb.SynthesizeResponse | None:
-        if event.kind == "sentence-begin":
-            self._sentence_text[event.index] = event.original_text
-            return None
-        if event.kind == "sentence-end":
-            self._sentences += 1
-            text = event.original_text or self._sentence_text.pop(event.index, "")
-            words = [
-                pb.WordTiming(
-                    text=w.text,
-                    begin_index=w.begin_index,
-                    end_index=w.end_index,
-                    begin_ms=w.begin_time,
-                    end_ms=w.end_time,
-                )
-                for w in event.words
-            ]
-            return pb.SynthesizeResponse(
-                sentence=pb.SentenceTiming(index=event.index, text=text, words=words)
-            )
-        return None
-
-    # -------------------------------------------------------------- messages
-
-    def _started(self) -> pb.SynthesizeResponse:
-        assert self._lease is not None
-        assert self._task is not None
-        return pb.SynthesizeResponse(
-            started=pb.Started(
-                request_id=self.request_id,
-                task_id=self._task.task_id,
-                format=self._params.format_enum,  # type: ignore[arg-type]
-                sample_rate_hz=self._params.sample_rate,
-                model=self._params.model,
-                voice=self._params.voice,
-                warm_connection=self._lease.warm,
-                pool_wait_ms=self._lease.wait_ms,
-            )
-        )
-
-    def _completed(self) -> pb.SynthesizeResponse:
-        assert self._task is not None
-        return pb.SynthesizeResponse(
-            completed=pb.Completed(
-                billed_characters=self._task.protocol.billed_characters or 0,
-                first_audio_ms=self._first_audio_ms,
-                audio_duration_ms=self._outbox.audio_ms(),
-                audio_bytes=self._outbox.audio_bytes,
-                audio_chunks=self._outbox.chunks,
-            )
-        )
-
     # --------------------------------------------------------------- cleanup
 
     async def _cleanup(self) -> None:
-        self._watchdog.cancel()
+        self._deadlines.cancel()
         for pump in self._pumps:
             pump.cancel()
         if self._pumps:
@@ -456,7 +382,7 @@ class Session:
                 first_audio_ms=self._first_audio_ms or None,
                 audio_bytes=self._outbox.audio_bytes,
                 audio_chunks=self._outbox.chunks,
-                sentences=self._sentences,
+                sentences=self._timings.sentences,
             )
         connection = self._lease.connection
         with self._telemetry.returning(
