@@ -16,6 +16,11 @@ class _Overdue:
         self.fired: list[tuple[float, str]] = []
         self.deadlines = UpstreamDeadlines(self.loop, on_overdue=self._fire, **bounds)
 
+    def only_firing(self) -> tuple[float, str]:
+        """When the deadlines fired and why; it must have happened exactly once."""
+        assert len(self.fired) == 1, self.fired
+        return self.fired[0]
+
     def _fire(self) -> None:
         self.fired.append((self.loop.time(), str(self.deadlines.error())))
 
@@ -41,8 +46,7 @@ async def test_no_first_audio_after_a_flush_is_overdue() -> None:
     overdue.deadlines.synthesis_requested()
     overdue.deadlines.frame_received()  # a sentence event is not audio
     await asyncio.sleep(scaled(0.3))
-    assert len(overdue.fired) == 1
-    at, message = overdue.fired[0]
+    at, message = overdue.only_firing()
     assert at >= start + 0.05
     assert message == "no audio within 0.05s after flush/finish"
 
@@ -55,8 +59,7 @@ async def test_frames_keep_a_finished_task_alive_until_they_stall() -> None:
     await _frames(overdue, every=0.01, until=frames_end)
     assert overdue.fired == []  # 15 frames, 10 ms apart: never 50 ms of silence
     await asyncio.sleep(scaled(0.3))
-    assert len(overdue.fired) == 1
-    at, message = overdue.fired[0]
+    at, message = overdue.only_firing()
     assert at >= frames_end + 0.04
     assert message == "upstream stalled for 0.05s between frames"
 
@@ -67,8 +70,7 @@ async def test_task_finished_is_due_even_while_frames_keep_coming() -> None:
     overdue.deadlines.finish_sent()
     overdue.deadlines.audio_started()
     await _frames(overdue, every=0.01, until=start + scaled(0.4))
-    assert len(overdue.fired) == 1
-    at, message = overdue.fired[0]
+    at, message = overdue.only_firing()
     assert at >= start + 0.1
     assert message == "no task-finished within 0.1s after finish"
 
