@@ -173,6 +173,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="environment variable of the sidecar-b mode only (repeatable)",
     )
     side.add_argument(
+        "--otlp-sink",
+        action="store_true",
+        help="start a stand-in OTLP/gRPC collector as its own process (sidecar.bench.otlp_sink) "
+        "and point the sidecar-b mode at it (OTEL_EXPORTER_OTLP_ENDPOINT, so it exports traces "
+        "and metrics as a production sidecar does); the report records what it received",
+    )
+    side.add_argument(
         "--profile-sidecar",
         type=Path,
         metavar="DIR",
@@ -230,6 +237,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         b_sidecar_env=tuple(args.b_sidecar_env),
         profile_dir=args.profile_sidecar,
         profile_native=args.profile_native,
+        otlp_sink=args.otlp_sink,
         log_dir=args.logs,
         label=args.label,
         loadgen=args.loadgen,

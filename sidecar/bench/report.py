@@ -104,6 +104,14 @@ def markdown(report: dict[str, Any]) -> str:
     if s.get("b_sidecar_args") or s.get("b_sidecar_env"):
         b = " ".join([*s.get("b_sidecar_env", ()), "serve ...", *s.get("b_sidecar_args", ())])
         lines += [f"sidecar-b is the sidecar run as: `{b}`.", ""]
+    sink = report.get("otlp_sink")
+    if sink is not None:
+        lines += [
+            "sidecar-b exported traces and metrics over OTLP/gRPC to a stand-in collector "
+            f"process (--otlp-sink), which received {sink['spans']:,} spans and "
+            f"{sink['metric_points']:,} metric points in {sink['exports']:,} exports.",
+            "",
+        ]
     lines += [
         "| mode | streams | tasks | errors | TTFB p50 | p90 | p99 | max | overhead p50 "
         "| overhead p99 | gap p99 | tasks/s | CPU ms/task | peak RSS MiB | upstream conns "

@@ -87,6 +87,7 @@ class BenchSettings:
     # environment, interleaved with "sidecar" (e.g. tracing on vs off).
     b_sidecar_args: tuple[str, ...] = ()
     b_sidecar_env: tuple[str, ...] = ()
+    otlp_sink: bool = False  # sidecar-b exports over OTLP/gRPC to a sink process (otlp_sink.py)
     profile_dir: Path | None = None
     profile_native: bool = False  # py-spy --native (pauses the process per sample)
     log_dir: Path | None = None
@@ -106,6 +107,8 @@ class BenchSettings:
             raise ValueError("fragments must be >= 1")
         if self.loadgen not in LOADGENS:
             raise ValueError(f"unknown load generator {self.loadgen!r}; choose from go, python")
+        if self.otlp_sink and "sidecar-b" not in self.modes:
+            raise ValueError("--otlp-sink exports from the sidecar-b mode: add it to --modes")
         for pair in (*self.sidecar_env, *self.b_sidecar_env, *self.knobs):
             if "=" not in pair:
                 raise ValueError(f"expected NAME=VALUE, not {pair!r}")
@@ -128,6 +131,8 @@ class _Context:
     progress: Progress
     steps: int
     loadgen: Loadgen | None = None  # None when no mode needs one
+    sink: Child | None = None  # the OTLP sink sidecar-b exports to (--otlp-sink)
+    sink_address: str = ""
     done: int = 0
     results: list[RunResult] = field(default_factory=list)
     profiles: list[str] = field(default_factory=list)
@@ -174,6 +179,12 @@ async def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, An
     machine_before = machine.describe()
     loadgen = await _prepare_loadgen(settings, log_dir, progress)
     emulator = Child("emulator", _emulator_args(settings), log_dir=log_dir)
+    sink = (
+        Child("otlp-sink", ["-m", "sidecar.bench.otlp_sink"], log_dir=log_dir, stdin=True)
+        if settings.otlp_sink
+        else None
+    )
+    sink_counts: dict[str, Any] | None = None
     progress("starting the emulator")
     await emulator.start()
     failed = True
@@ -189,6 +200,10 @@ async def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, An
         )
         plan = list(schedule(settings))
         serve_flags = await _serve_flags(log_dir)
+        sink_address = ""
+        if sink is not None:
+            await sink.start()
+            sink_address = (await sink.json_line("ready", timeout=30))["address"]
         ctx = _Context(
             settings,
             emulator,
@@ -199,6 +214,8 @@ async def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, An
             progress,
             steps=sum(len(slot) for _, _, slot in plan),
             loadgen=loadgen,
+            sink=sink,
+            sink_address=sink_address,
             serve_flags=serve_flags,
         )
         for repeat, level, slot in plan:
@@ -211,7 +228,13 @@ async def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, An
             else:
                 await _client_run(ctx, repeat, level, slot[0])
         failed = any(r.failure for r in ctx.results)
+        if sink is not None:
+            await sink.send("counts\n")
+            sink_counts = await sink.json_line("counts", timeout=30)
+            sink_counts.pop("event")
     finally:
+        if sink is not None:
+            await sink.stop()
         await emulator.stop()
         if settings.log_dir is None and not failed:
             shutil.rmtree(log_dir, ignore_errors=True)
@@ -230,6 +253,8 @@ async def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, An
         "warmup": _warmups(rows),
         "runs": [r.to_dict(samples=False) for r in ctx.results],
         "sidecar_commands": ctx.sidecar_commands,
+        # What sidecar-b exported to the OTLP sink over the whole run (--otlp-sink).
+        "otlp_sink": sink_counts,
         "profiles": ctx.profiles,
         "logs": str(log_dir) if (settings.log_dir or failed) else None,
     }
@@ -363,6 +388,7 @@ async def _measure(
     """Start the worker's window and fold its result and the counters into ``result``."""
     at_go = await ctx.client.stats()
     emulator_cpu = cpu_seconds(ctx.emulator.pid)
+    sink_cpu = cpu_seconds(ctx.sink.pid) if ctx.sink else 0.0
     serving_cpu = cpu_seconds(serving_pid) if serving_pid else 0.0
     profiler = await _start_profiler(ctx, result, serving_pid)
     machine_busy = machine_busy_seconds()
@@ -374,6 +400,8 @@ async def _measure(
         result.peak_rss_mb = peak_rss_mb(serving_pid)
     result.emulator_cpu_s = cpu_seconds(ctx.emulator.pid) - emulator_cpu
     ours = result.emulator_cpu_s + data["cpu_s"] + (result.cpu_s if serving_pid else 0.0)
+    if ctx.sink is not None:  # the bench's own process too, not other load
+        ours += cpu_seconds(ctx.sink.pid) - sink_cpu
     result.other_cpu_s = max(0.0, machine_busy - ours)
     after = await ctx.client.stats()
     if profiler is not None:
@@ -468,6 +496,9 @@ async def _sidecar_slot(
     if variant == "sidecar-b":
         serve += s.b_sidecar_args
         env.update(_pairs(s.b_sidecar_env))
+        if ctx.sink_address:
+            env.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://{ctx.sink_address}")
+            env.setdefault("OTEL_EXPORTER_OTLP_INSECURE", "true")
     ctx.sidecar_commands[f"{variant} {level}"] = ["cosyvoice-sidecar", *serve]
     sidecar = Child(name, ["-m", entry, *serve], log_dir=ctx.log_dir, env=env)
     results = {mode: RunResult(mode, level, repeat) for mode in modes}

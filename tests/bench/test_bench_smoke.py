@@ -178,3 +178,29 @@ def test_plot_without_matplotlib_fails_clearly(tmp_path: Path) -> None:
     assert "--plot needs matplotlib" in done.stderr
     assert "pip install" in done.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.timeout(scaled(120))
+def test_otlp_sink_receives_what_sidecar_b_exports(tmp_path: Path) -> None:
+    """--otlp-sink: sidecar-b exports over OTLP/gRPC to the sink, whose counts reach the report."""
+    out = tmp_path / "bench.json"
+    args = ("--quick", "--loadgen", "python", "--modes", "sidecar,sidecar-b", "--levels", "4")
+    done = _bench(*args, "--otlp-sink", "--json", str(out), timeout=90)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = {r["mode"]: r for r in report["rows"]}
+    assert rows["sidecar-b"]["failures"] == []
+    assert rows["sidecar-b"]["audio_ok"]
+    sink = report["otlp_sink"]
+    assert sink["exports"] >= 1
+    assert sink["spans"] >= rows["sidecar-b"]["tasks"]  # every call of sidecar-b is traced
+    assert sink["metric_points"] > 0
+    assert f"which received {sink['spans']:,} spans" in done.stdout
+
+
+def test_otlp_sink_without_sidecar_b_is_refused() -> None:
+    """The sink only makes sense for the sidecar-b mode: say so, exit 2, start nothing."""
+    done = _bench("--quick", "--modes", "floor", "--otlp-sink", timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "--otlp-sink exports from the sidecar-b mode" in done.stderr
+    assert "starting the emulator" not in done.stderr
