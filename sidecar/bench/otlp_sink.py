@@ -22,16 +22,57 @@ import asyncio
 import json
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from opentelemetry.proto.collector.metrics.v1 import (
-    metrics_service_pb2,
-    metrics_service_pb2_grpc,
-)
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metrics_pb
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 
-__all__ = ["Counts", "main"]
+__all__ = ["Counts", "add_otlp_services", "main"]
+
+_Context = grpc.aio.ServicerContext[Any, Any]
+TraceHandler = Callable[
+    [trace_pb.ExportTraceServiceRequest, _Context], Awaitable[trace_pb.ExportTraceServiceResponse]
+]
+MetricsHandler = Callable[
+    [metrics_pb.ExportMetricsServiceRequest, _Context],
+    Awaitable[metrics_pb.ExportMetricsServiceResponse],
+]
+
+
+def add_otlp_services(
+    server: grpc.aio.Server, on_traces: TraceHandler, on_metrics: MetricsHandler
+) -> None:
+    """Serve the collector's trace and metrics Export methods with these handlers.
+
+    Generic handlers built from the ``opentelemetry-proto`` messages: the
+    generated ``*_pb2_grpc`` modules carry no type information.
+    """
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "opentelemetry.proto.collector.trace.v1.TraceService",
+                {
+                    "Export": grpc.unary_unary_rpc_method_handler(
+                        on_traces,
+                        trace_pb.ExportTraceServiceRequest.FromString,
+                        trace_pb.ExportTraceServiceResponse.SerializeToString,
+                    )
+                },
+            ),
+            grpc.method_handlers_generic_handler(
+                "opentelemetry.proto.collector.metrics.v1.MetricsService",
+                {
+                    "Export": grpc.unary_unary_rpc_method_handler(
+                        on_metrics,
+                        metrics_pb.ExportMetricsServiceRequest.FromString,
+                        metrics_pb.ExportMetricsServiceResponse.SerializeToString,
+                    )
+                },
+            ),
+        )
+    )
 
 
 class Counts:
@@ -50,50 +91,31 @@ class Counts:
             "metric_points": self.metric_points,
         }
 
+    async def traces(
+        self, request: trace_pb.ExportTraceServiceRequest, _: _Context
+    ) -> trace_pb.ExportTraceServiceResponse:
+        self.exports += 1
+        for resource in request.resource_spans:
+            self.spans += sum(len(scope.spans) for scope in resource.scope_spans)
+        return trace_pb.ExportTraceServiceResponse()
 
-class _Traces(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, counts: Counts) -> None:
-        self._counts = counts
-
-    async def Export(
-        self,
-        request: trace_service_pb2.ExportTraceServiceRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> trace_service_pb2.ExportTraceServiceResponse:
-        self._counts.exports += 1
-        self._counts.spans += sum(
-            len(scope.spans)
-            for resource in request.resource_spans
-            for scope in resource.scope_spans
-        )
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-
-class _Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
-    def __init__(self, counts: Counts) -> None:
-        self._counts = counts
-
-    async def Export(
-        self,
-        request: metrics_service_pb2.ExportMetricsServiceRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> metrics_service_pb2.ExportMetricsServiceResponse:
-        self._counts.exports += 1
+    async def metrics(
+        self, request: metrics_pb.ExportMetricsServiceRequest, _: _Context
+    ) -> metrics_pb.ExportMetricsServiceResponse:
+        self.exports += 1
         for resource in request.resource_metrics:
             for scope in resource.scope_metrics:
                 for metric in scope.metrics:
                     kind = metric.WhichOneof("data")
                     if kind is not None:
-                        self._counts.metric_points += len(getattr(metric, kind).data_points)
-        return metrics_service_pb2.ExportMetricsServiceResponse()
+                        self.metric_points += len(getattr(metric, kind).data_points)
+        return metrics_pb.ExportMetricsServiceResponse()
 
 
 async def _serve() -> int:
     counts = Counts()
     server = grpc.aio.server()
-    # The generated registration functions carry no annotations.
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Traces(counts), server)  # type: ignore[no-untyped-call]
-    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_Metrics(counts), server)  # type: ignore[no-untyped-call]
+    add_otlp_services(server, counts.traces, counts.metrics)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     _print({"event": "ready", "address": f"127.0.0.1:{port}"})

@@ -1,8 +1,8 @@
 """A small OTLP/gRPC receiver: the collector's trace and metrics services, recording requests.
 
-Built from the ``opentelemetry-proto`` messages with generic handlers (the
-generated ``*_pb2_grpc`` modules carry no type information). It stands in for
-an OpenTelemetry Collector so the exporters' real gRPC path is exercised.
+The services are the bench's OTLP sink's (:func:`add_otlp_services`); this
+receiver keeps every request for the tests' assertions. It stands in for an
+OpenTelemetry Collector so the exporters' real gRPC path is exercised.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metrics_pb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from sidecar.bench.otlp_sink import add_otlp_services
 
 __all__ = ["OtlpReceiver", "otlp_receiver", "span_attributes"]
 
@@ -30,12 +32,18 @@ class OtlpReceiver:
 
     def spans(self) -> list[tuple[dict[str, Any], Span]]:
         """Every span received, with its resource's attributes."""
-        out: list[tuple[dict[str, Any], Span]] = []
+        return [span for request in self.spans_per_request() for span in request]
+
+    def spans_per_request(self) -> list[list[tuple[dict[str, Any], Span]]]:
+        """The spans of each export request, in the order the requests came."""
+        out: list[list[tuple[dict[str, Any], Span]]] = []
         for request in self.trace_requests:
+            spans: list[tuple[dict[str, Any], Span]] = []
             for resource_spans in request.resource_spans:
                 resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
                 for scope_spans in resource_spans.scope_spans:
-                    out.extend((resource, span) for span in scope_spans.spans)
+                    spans.extend((resource, span) for span in scope_spans.spans)
+            out.append(spans)
         return out
 
     def metric_names(self) -> set[str]:
@@ -80,30 +88,7 @@ async def otlp_receiver() -> AsyncIterator[OtlpReceiver]:
     """Run a receiver on 127.0.0.1 (ephemeral port); ``endpoint`` is its http:// URL."""
     receiver = OtlpReceiver()
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                "opentelemetry.proto.collector.trace.v1.TraceService",
-                {
-                    "Export": grpc.unary_unary_rpc_method_handler(
-                        receiver._export_traces,
-                        trace_pb.ExportTraceServiceRequest.FromString,
-                        trace_pb.ExportTraceServiceResponse.SerializeToString,
-                    )
-                },
-            ),
-            grpc.method_handlers_generic_handler(
-                "opentelemetry.proto.collector.metrics.v1.MetricsService",
-                {
-                    "Export": grpc.unary_unary_rpc_method_handler(
-                        receiver._export_metrics,
-                        metrics_pb.ExportMetricsServiceRequest.FromString,
-                        metrics_pb.ExportMetricsServiceResponse.SerializeToString,
-                    )
-                },
-            ),
-        )
-    )
+    add_otlp_services(server, receiver._export_traces, receiver._export_metrics)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     receiver.endpoint = f"http://127.0.0.1:{port}"

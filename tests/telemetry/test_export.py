@@ -30,6 +30,7 @@ _OTEL_VARIABLES = (
     "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
     "OTEL_EXPORTER_OTLP_PROTOCOL",
     "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
 )
 
 
@@ -148,6 +149,33 @@ async def test_otlp_grpc_export_reaches_a_receiver(monkeypatch: pytest.MonkeyPat
     assert span_attributes(span)["cosyvoice.connection.id"] == 3
     assert ("x-tenant", "speech") in receiver.metadata[0]
     assert "cosyvoice.pool.connection.create_time" in receiver.metric_names()
+
+
+async def _span_batches(monkeypatch: pytest.MonkeyPatch, spans: int) -> list[int]:
+    """Export ``spans`` spans over OTLP/gRPC; return how many each export request carried."""
+    async with otlp_receiver() as receiver:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+        telemetry = telemetry_from_env()
+        for number in range(spans):
+            with telemetry.connecting("warm", detached=True) as connect:
+                connect.opened(number)
+        await telemetry.aclose()
+        await eventually(lambda: len(receiver.spans()) == spans, what=f"{spans} spans exported")
+    return [len(spans) for spans in receiver.spans_per_request()]
+
+
+async def test_spans_are_exported_in_small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """64 spans per export, not the SDK's 512: encoding a batch holds the GIL the streams need."""
+    batches = await _span_batches(monkeypatch, 130)
+    assert max(batches) <= 64
+    assert len(batches) >= 3
+
+
+async def test_the_sdk_batch_size_variable_still_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OTEL_BSP_MAX_EXPORT_BATCH_SIZE, when set, is the SDK's to apply as usual."""
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512")
+    batches = await _span_batches(monkeypatch, 130)
+    assert max(batches) > 64
 
 
 def _free_port() -> int:
