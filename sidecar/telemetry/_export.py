@@ -45,10 +45,10 @@ DEFAULT_SERVICE_NAME: Final = "cosyvoice-sidecar"
 _EXPORTERS: Final = ("otlp", "console", "prometheus", "none")
 # Spans per export unless OTEL_BSP_MAX_EXPORT_BATCH_SIZE says otherwise; the
 # SDK's default is 512. The exporter encodes a batch in Python while holding
-# the GIL, and the event loop that serves every stream waits meanwhile: in one
-# bench run at 100 streams over OTLP/gRPC, batches of 64 instead of 512 took
-# the p99 overhead from 107-127 ms to 42-52 ms at no CPU cost
-# (docs/bench/results-2026-11-29-tracing-otlp-ab.md).
+# the GIL, and the event loop that serves every stream waits meanwhile. In
+# three bench runs at 100 streams exporting over OTLP/gRPC, batches of 64
+# instead of 512 took the p99 overhead from 76-127 ms to 30-52 ms, at the same
+# CPU (docs/bench/results-2026-11-29-export-batch-ab.md).
 EXPORT_BATCH_SPANS: Final = 64
 _METRICS_ONLY: Final = ("prometheus",)
 _PROTOCOLS: Final = ("grpc", "http/protobuf")
