@@ -360,7 +360,8 @@ func (g *gen) closedLoop(start time.Time) {
 // ready (as the Python worker waits for channel_ready, within 10 s).
 //
 // One connection, like the Python worker's one channel and like a real Go
-// caller sharing one cosyvoice.Client per sidecar. HTTP/2 caps the streams
+// caller sharing one cosyvoice.Client per sidecar, with the flow-control
+// windows cosyvoice.NewClient sets (cosyvoice.DialOptions). HTTP/2 caps the streams
 // of a connection at the server's SETTINGS_MAX_CONCURRENT_STREAMS; the
 // sidecar (grpc C-core, sidecar/server.py) does not set it, and gRPC-Go
 // treats a first SETTINGS frame without it as unlimited (before that frame
@@ -369,7 +370,9 @@ func (g *gen) closedLoop(start time.Time) {
 // therefore fit on one connection; the sidecar's own --max-streams admission
 // is what bounds them, and the bench sets it above the level.
 func dial(target string) (*grpc.ClientConn, error) {
-	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// With the client package's options, as cosyvoice.NewClient dials.
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, cosyvoice.DialOptions()...)
+	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return nil, err
 	}

@@ -62,7 +62,7 @@ class KeepaliveTest {
     GrpcLogRecorder log = new GrpcLogRecorder();
     Logger grpcLogger = Logger.getLogger("io.grpc");
     grpcLogger.addHandler(log);
-    // grpc-java's defaults (what SynthesizerClient.forTarget builds), and its most eager keepalive:
+    // forTarget's channel (grpc-java's keepalive defaults), and grpc-java's most eager keepalive:
     // a ping every 10 s (its minimum) even without calls, which the sidecar must also accept.
     ManagedChannel eager = Grpc.newChannelBuilder(sidecar.target(), InsecureChannelCredentials.create())
         .keepAliveTime(10, TimeUnit.SECONDS)
