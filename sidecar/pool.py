@@ -5,8 +5,8 @@ Three nouns, as in httpcore: the pool (this module) lends connections
 of the pool's state happens in one synchronous step between awaits (asyncio
 runs one step at a time, so no lock is needed): :meth:`Pool._tick` decides
 what to open, renew, shrink, reclaim and close; the I/O that follows runs in
-tasks outside that step, shielded from callers' cancellation, so a caller
-that hangs up never leaves the counts wrong.
+tasks outside that step (connects in :mod:`sidecar.opener`), shielded from
+callers' cancellation, so a caller that hangs up never leaves the counts wrong.
 
 Policies (defaults in :class:`PoolPolicy`, each a ``serve`` option):
 
@@ -39,12 +39,13 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from sidecar.connect_gate import ConnectGate
 from sidecar.errors import PoolClosed, PoolExhausted, UpstreamAuthError, UpstreamError
 from sidecar.idle import IdleConnections
 from sidecar.lease import Lease
+from sidecar.opener import Connector, Opener
 from sidecar.pool_policy import PoolPolicy, PoolStatus
 from sidecar.telemetry import Telemetry
 from sidecar.upstream import UpstreamConnection
@@ -53,8 +54,6 @@ from sidecar.waiters import Waiters
 __all__ = ["Lease", "Pool", "PoolPolicy", "PoolStatus"]
 
 log = logging.getLogger(__name__)
-
-Connector = Callable[[], Awaitable[UpstreamConnection]]
 
 
 class Pool:
@@ -76,16 +75,20 @@ class Pool:
         self._telemetry = telemetry or Telemetry.disabled()
         self._idle = IdleConnections(policy, self._rng)
         self._busy: dict[UpstreamConnection, Lease] = {}
-        self._opening = 0
         self._closing: set[asyncio.Task[None]] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._waiters = Waiters()
         self._gate = ConnectGate(policy, self._rng)
+        self._opener = Opener(
+            connector,
+            self._gate,
+            self._telemetry,
+            opened=self._opened,
+            failed=self._open_failed,
+        )
         self._warmed_once = False
         self._ready_changed = asyncio.Event()
         self._closed = False
         self._maintainer: asyncio.Task[None] | None = None
-        self._opened_total = 0
         self._closed_total: Counter[str] = Counter()
         self._stale_retries = 0
 
@@ -115,7 +118,7 @@ class Pool:
         return PoolStatus(
             idle=len(self._idle),
             busy=len(self._busy),
-            opening=self._opening,
+            opening=self._opener.opening,
             closing=len(self._closing),
             waiters=len(self._waiters),
             max_size=self.max_size,
@@ -123,7 +126,7 @@ class Pool:
             ready=self.ready,
             breaker_open=self._gate.key_refused,
             last_error=str(self.last_error) if self.last_error else "",
-            opened_total=self._opened_total,
+            opened_total=self._opener.opened_total,
             closed_total=dict(self._closed_total),
             stale_retries=self._stale_retries,
         )
@@ -176,14 +179,14 @@ class Pool:
         if self._maintainer is not None:
             self._maintainer.cancel()
         self._waiters.fail_all(PoolClosed("the sidecar is shutting down"))
-        for task in list(self._tasks):
+        for task in list(self._opener.tasks):
             task.cancel()
         while (connection := self._idle.pop_newest()) is not None:
             self._close(connection, "shutdown")
         for connection in list(self._busy):
             # Calls still running get a transport error, which is the truth.
             self._close(connection, "shutdown")
-        pending = self._closing | self._tasks
+        pending = self._closing | self._opener.tasks
         if pending:
             _, still = await asyncio.wait(pending, timeout=timeout)
             if still:
@@ -214,7 +217,9 @@ class Pool:
         if connection is not None:
             return self._lend(connection, warm=True, started=started)
         if self._total() < self.max_size:
-            return await self._open_for_caller(started, bound)
+            connection = await self._opener.for_caller(bound)
+            self._note_success()
+            return self._lend(connection, warm=False, started=started)
         try:
             connection = await self._waiters.wait(bound, give_back=self.release)
         except TimeoutError as exc:
@@ -265,19 +270,19 @@ class Pool:
             return
         now = time.monotonic() if now is None else now
         if self._gate.key_refused:
-            if self._opening == 0 and self._gate.may_probe(now):
-                self._start_open(reason="probe")
+            if self._opener.opening == 0 and self._gate.may_probe(now):
+                self._opener.start(reason="probe")
             return
         if not self._gate.may_connect(now):
             return
         deficit = self._target() - self._total()
-        if self._opened_total == 0 or self._gate.failures:
+        if self._opener.opened_total == 0 or self._gate.failures:
             # Until a connect has succeeded (first start, upstream down, a key
             # not yet proven), one attempt at a time: a bad key or a dead
             # upstream costs one handshake per backoff step, never a storm.
-            deficit = min(deficit, 1 - self._opening)
+            deficit = min(deficit, 1 - self._opener.opening)
         for _ in range(deficit):
-            self._start_open(reason="warm")
+            self._opener.start(reason="warm")
 
     def _drop_stale_idle(self) -> None:
         for connection in [c for c in self._idle if not c.reusable]:
@@ -308,7 +313,7 @@ class Pool:
         for connection in self._idle.due_for_renewal(now):
             if self._total() < self.max_size and not self._gate.key_refused:
                 self._idle.start_renewal(connection)  # make before break
-                self._start_open(reason="renewal", replaces=connection)
+                self._opener.start(reason="renewal", replaces=connection)
             else:
                 self._idle.remove(connection)  # no room under the quota: break, then make
                 self._close(connection, "renewed")
@@ -316,7 +321,7 @@ class Pool:
     # -------------------------------------------------------------- internals
 
     def _total(self) -> int:
-        return len(self._idle) + len(self._busy) + self._opening
+        return len(self._idle) + len(self._busy) + self._opener.opening
 
     def _take_idle(self) -> UpstreamConnection | None:
         while (connection := self._idle.pop_newest()) is not None:
@@ -340,85 +345,19 @@ class Pool:
             return
         self._idle.push(connection, time.monotonic())
 
-    async def _open_for_caller(self, started: float, bound: float) -> Lease:
-        self._opening += 1
-        opener = asyncio.ensure_future(self._rate_limited_connect("caller"))
-        try:
-            # Shielded: if the caller is cancelled, the opening finishes in the
-            # background and the connection joins the pool instead of leaking.
-            async with asyncio.timeout(bound):
-                connection = await asyncio.shield(opener)
-        except (asyncio.CancelledError, TimeoutError) as exc:
-            opener.add_done_callback(self._adopt_opened)
-            if isinstance(exc, TimeoutError):
-                raise PoolExhausted(
-                    f"no upstream connection could be opened within {bound:g}s",
-                    retry_after_s=1.0,
-                ) from exc
-            raise
-        except UpstreamError as exc:
-            self._opening -= 1
-            self._note_failure(exc)
-            raise
-        self._opening -= 1
-        self._note_success()
-        return self._lend(connection, warm=False, started=started)
-
-    def _adopt_opened(self, opener: asyncio.Future[UpstreamConnection]) -> None:
-        self._opening -= 1
-        if opener.cancelled():
-            return
-        exc = opener.exception()
-        if isinstance(exc, UpstreamError):
-            self._note_failure(exc)
-        elif exc is None:
-            self._note_success()
-            self._accept_new(opener.result())
-
-    def _start_open(self, *, reason: str, replaces: UpstreamConnection | None = None) -> None:
-        self._opening += 1
-        task = asyncio.get_running_loop().create_task(self._open_in_background(reason, replaces))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _open_in_background(self, reason: str, replaces: UpstreamConnection | None) -> None:
-        try:
-            connection = await self._rate_limited_connect(reason, replaces)
-        except UpstreamError as exc:
-            self._opening -= 1
-            if replaces is not None:
-                self._idle.end_renewal(replaces)
-            self._note_failure(exc)
-            return
-        except BaseException:
-            self._opening -= 1
-            raise
-        self._opening -= 1
+    def _opened(self, connection: UpstreamConnection, replaces: UpstreamConnection | None) -> None:
+        """A background connect (or one its caller gave up on) succeeded."""
         self._note_success()
         if replaces is not None and self._idle.end_renewal(replaces):
             # Still idle: the replacement takes its place.
             self._idle.remove(replaces)
             self._close(replaces, "renewed")
-        log.debug("opened %r (%s)", connection, reason)
         self._accept_new(connection)
 
-    async def _rate_limited_connect(
-        self, reason: str, replaces: UpstreamConnection | None = None
-    ) -> UpstreamConnection:
-        delay = self._gate.pace(time.monotonic())
-        if delay > 0:
-            await asyncio.sleep(delay)
-        # A caller's connect is part of its borrow; background ones get root
-        # spans linked to whatever call triggered them (see sidecar.telemetry).
-        with self._telemetry.connecting(
-            reason,
-            detached=reason != "caller",
-            replaces=replaces.id if replaces is not None else None,
-        ) as connect:
-            connection = await self._connector()
-            connect.opened(connection.id)
-        self._opened_total += 1
-        return connection
+    def _open_failed(self, exc: UpstreamError, replaces: UpstreamConnection | None) -> None:
+        if replaces is not None:
+            self._idle.end_renewal(replaces)
+        self._note_failure(exc)
 
     def _accept_new(self, connection: UpstreamConnection) -> None:
         """Place a freshly opened connection: to a waiter, else idle (or close if shut)."""
