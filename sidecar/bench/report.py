@@ -16,7 +16,7 @@ from typing import Any, Final
 __all__ = ["PlotUnavailable", "markdown", "plot", "targets"]
 
 _PLOT_STYLES: Final = {"p50": "-", "p90": "--", "p99": ":"}
-# The modes a gRPC load generator drives (as sidecar.bench.runner.LOADGEN_MODES).
+# The modes a gRPC load generator drives (as sidecar.bench.settings.LOADGEN_MODES).
 _LOADGEN_MODES: Final = frozenset({"sidecar", "sidecar-unary", "sidecar-uvloop", "sidecar-b"})
 _COLORS: Final = {
     "cold": "tab:gray",
