@@ -15,6 +15,9 @@ import dev.cosyvoice.sidecar.v1.Started;
 import dev.cosyvoice.sidecar.v1.SynthesisConfig;
 import dev.cosyvoice.sidecar.v1.SynthesizeResponse;
 import dev.cosyvoice.sidecar.v1.SynthesizeResponse.ResponseCase;
+import io.grpc.Grpc;
+import io.grpc.InsecureChannelCredentials;
+import io.grpc.ManagedChannel;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import java.io.ByteArrayOutputStream;
@@ -332,6 +335,28 @@ class SynthesizerClientTest {
         case BOOL_VALUE -> Boolean.toString(value.getBoolValue());
         default -> throw new AssertionError("knob " + name + " is " + value);
       };
+    }
+  }
+
+  /** The channels forTarget builds send no PING as audio arrives (see FLOW_CONTROL_WINDOW). */
+  @Test
+  void forTargetTurnsOffBandwidthProbing() throws Exception {
+    String text = "Audio arrives in many chunks for a text of several sentences. ".repeat(4);
+    // The control: grpc-java's default channel tunes its window with a PING per burst of data.
+    try (PingCountingProxy probing = new PingCountingProxy(sidecar.target())) {
+      ManagedChannel channel =
+          Grpc.newChannelBuilder(probing.target(), InsecureChannelCredentials.create()).build();
+      try (SynthesizerClient client = new SynthesizerClient(channel)) {
+        assertTrue(client.synthesizeAll(text, null).audio().length > 0);
+      } finally {
+        channel.shutdownNow();
+      }
+      assertTrue(probing.pings() > 0, "control: the default channel sent no PING; can't tell");
+    }
+    try (PingCountingProxy fixed = new PingCountingProxy(sidecar.target());
+        SynthesizerClient client = SynthesizerClient.forTarget(fixed.target())) {
+      assertTrue(client.synthesizeAll(text, null).audio().length > 0);
+      assertEquals(0, fixed.pings(), "PINGs sent by the channel forTarget built");
     }
   }
 }
