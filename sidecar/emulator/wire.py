@@ -97,15 +97,13 @@ class FrameSink:
         Waits while the transport's buffer is above its high-water mark, like
         ``send`` does, so a client that stops reading stops the task.
         """
-        ws = self._ws
-        if self._parts:
-            if ws.protocol.state is not State.OPEN:
-                self._parts = []
-                self.pending_bytes = 0
-                await _closed(ws)
-            self._write()
-        if ws.transport.get_write_buffer_size() or ws.transport.is_closing():
-            await ws.drain()  # what send() does after writing
+        if self.write_now():
+            return
+        if self._parts:  # kept by write_now: the connection is not open
+            self._parts = []
+            self.pending_bytes = 0
+            await _closed(self._ws)
+        await self._ws.drain()  # what send() does after writing
 
     def _write(self) -> None:
         data = b"".join(self._parts)
