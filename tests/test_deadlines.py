@@ -52,24 +52,26 @@ async def test_no_first_audio_after_a_flush_is_overdue() -> None:
 
 
 async def test_frames_keep_a_finished_task_alive_until_they_stall() -> None:
-    overdue = _Overdue(first_audio_s=10.0, stall_s=0.05, finish_s=10.0)
+    # A stall bound far above the 10 ms between frames: a busy machine that
+    # delays one frame must not look like a stall.
+    overdue = _Overdue(first_audio_s=10.0, stall_s=0.25, finish_s=10.0)
     overdue.deadlines.finish_sent()
     overdue.deadlines.audio_started()
-    frames_end = overdue.loop.time() + 0.15
+    frames_end = overdue.loop.time() + 0.5
     await _frames(overdue, every=0.01, until=frames_end)
-    assert overdue.fired == []  # 15 frames, 10 ms apart: never 50 ms of silence
-    await asyncio.sleep(scaled(0.3))
+    assert overdue.fired == []  # 50 frames, 10 ms apart: never 250 ms of silence
+    await asyncio.sleep(scaled(1.0))
     at, message = overdue.only_firing()
-    assert at >= frames_end + 0.04
-    assert message == "upstream stalled for 0.05s between frames"
+    assert at >= frames_end + 0.24
+    assert message == "upstream stalled for 0.25s between frames"
 
 
 async def test_task_finished_is_due_even_while_frames_keep_coming() -> None:
-    overdue = _Overdue(first_audio_s=10.0, stall_s=0.05, finish_s=0.1)
+    overdue = _Overdue(first_audio_s=10.0, stall_s=0.25, finish_s=0.1)
     start = overdue.loop.time()
     overdue.deadlines.finish_sent()
     overdue.deadlines.audio_started()
-    await _frames(overdue, every=0.01, until=start + scaled(0.4))
+    await _frames(overdue, every=0.01, until=start + scaled(0.6))
     at, message = overdue.only_firing()
     assert at >= start + 0.1
     assert message == "no task-finished within 0.1s after finish"
