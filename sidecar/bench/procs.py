@@ -26,6 +26,7 @@ __all__ = [
     "EmulatorClient",
     "cpu_seconds",
     "machine_busy_seconds",
+    "main_thread_cpu_seconds",
     "peak_rss_mb",
 ]
 
@@ -40,8 +41,22 @@ class ChildError(RuntimeError):
 
 def cpu_seconds(pid: int) -> float:
     """Return the user + system CPU seconds ``pid`` has used (all its threads), from /proc."""
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
+
+
+def main_thread_cpu_seconds(pid: int) -> float:
+    """Return the CPU seconds of ``pid``'s main thread alone (its thread id is its pid).
+
+    In the sidecar and the asyncio client modes the main thread runs the event
+    loop, so its share of one core says how close the loop is to saturation,
+    which the process total (gRPC's poller and other threads included) hides.
+    """
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/task/{pid}/stat"))
+
+
+def _stat_cpu_seconds(path: Path) -> float:
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        text = path.read_text()
     except OSError:
         return 0.0
     fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "

@@ -13,11 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
+from sidecar.bench.budget import budget_tables
+from sidecar.bench.settings import LOADGEN_MODES
+
 __all__ = ["PlotUnavailable", "markdown", "plot", "targets"]
 
 _PLOT_STYLES: Final = {"p50": "-", "p90": "--", "p99": ":"}
-# The modes a gRPC load generator drives (as sidecar.bench.settings.LOADGEN_MODES).
-_LOADGEN_MODES: Final = frozenset({"sidecar", "sidecar-unary", "sidecar-uvloop", "sidecar-b"})
 _COLORS: Final = {
     "cold": "tab:gray",
     "sdk-pool": "tab:red",
@@ -53,7 +54,7 @@ def loadgen_sentence(report: dict[str, Any]) -> str:
     Reports from before ``--loadgen`` existed have no ``loadgen`` entry; their
     load generator was the Python worker.
     """
-    if not any(r["mode"] in _LOADGEN_MODES for r in report["rows"]):
+    if not any(r["mode"] in LOADGEN_MODES for r in report["rows"]):
         return ""
     loadgen = report.get("loadgen") or {"name": "python", "version": None}
     if loadgen["name"] == "go":
@@ -146,6 +147,9 @@ def markdown(report: dict[str, Any]) -> str:
     split = breakdown_table(report)
     if split:
         lines += ["", *split]
+    budget = budget_tables(report)
+    if budget:
+        lines += ["", *budget]
     warm = warmup_table(report)
     if warm:
         lines += ["", *warm]

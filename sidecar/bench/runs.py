@@ -26,6 +26,7 @@ from sidecar.bench.procs import (
     EmulatorClient,
     cpu_seconds,
     machine_busy_seconds,
+    main_thread_cpu_seconds,
     peak_rss_mb,
 )
 from sidecar.bench.settings import API_KEY, SIDECAR_MODES, BenchSettings, Progress
@@ -123,12 +124,15 @@ async def _measure(
     emulator_cpu = cpu_seconds(ctx.emulator.pid)
     sink_cpu = cpu_seconds(ctx.sink.pid) if ctx.sink else 0.0
     serving_cpu = cpu_seconds(serving_pid) if serving_pid else 0.0
+    # The sidecar's event loop; an asyncio client mode reports its own (loop_cpu_s).
+    loop_cpu = main_thread_cpu_seconds(serving_pid) if serving_pid else 0.0
     profiler = await _start_profiler(ctx, result, serving_pid)
     machine_busy = machine_busy_seconds()
     await worker.send("go\n")
     data = await worker.json_line("result", timeout=_result_timeout(ctx))
     machine_busy = machine_busy_seconds() - machine_busy
     if serving_pid:
+        result.loop_cpu_s = main_thread_cpu_seconds(serving_pid) - loop_cpu
         result.cpu_s = cpu_seconds(serving_pid) - serving_cpu
         result.peak_rss_mb = peak_rss_mb(serving_pid)
     result.emulator_cpu_s = cpu_seconds(ctx.emulator.pid) - emulator_cpu
@@ -152,6 +156,8 @@ async def _measure(
         setattr(result, key, data[key])
     result.elapsed_s = data["elapsed_s"]
     result.client_cpu_s = data["cpu_s"]
+    if not serving_pid:
+        result.loop_cpu_s = data.get("loop_cpu_s", 0.0)
     result.connections_opened = after["connections_opened"] - at_go["connections_opened"]
     result.warmup_connections_opened = at_go["connections_opened"] - before["connections_opened"]
     result.emulator_outcomes = {

@@ -47,6 +47,7 @@ class RunResult:
     # CPU seconds and peak RSS of the serving process (the sidecar for the
     # sidecar modes, the client process otherwise), and of the others.
     cpu_s: float = 0.0
+    loop_cpu_s: float = 0.0  # the serving process's main thread: its event loop
     peak_rss_mb: float = 0.0
     client_cpu_s: float = 0.0
     emulator_cpu_s: float = 0.0
@@ -85,6 +86,7 @@ class Row:
     client_cpu_ms_per_task: float
     emulator_cpu_ms_per_task: float
     other_load_cores: float  # CPU other processes took during the windows, in cores
+    loop_busy: float  # the serving process's main thread (event loop), in cores (0..1)
     peak_rss_mb: float
     connections_opened: int
     warmup_s: float | None
@@ -131,6 +133,7 @@ def aggregate(runs: Sequence[RunResult], intrinsic_ms: float) -> Row:
         client_cpu_ms_per_task=per_task(sum(r.client_cpu_s for r in runs)),
         emulator_cpu_ms_per_task=per_task(sum(r.emulator_cpu_s for r in runs)),
         other_load_cores=sum(r.other_cpu_s for r in runs) / elapsed if elapsed > 0 else math.nan,
+        loop_busy=sum(r.loop_cpu_s for r in runs) / elapsed if elapsed > 0 else math.nan,
         peak_rss_mb=max(r.peak_rss_mb for r in runs),
         connections_opened=sum(r.connections_opened for r in runs),
         warmup_s=max(warm) if warm else None,

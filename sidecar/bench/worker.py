@@ -169,6 +169,7 @@ async def _closed_loop(
     await asyncio.to_thread(_wait_for_go)
     started = time.perf_counter()
     cpu_started = time.process_time()
+    loop_cpu_started = time.thread_time()  # this thread runs the event loop
     stop_at = started + spec.ramp_s + spec.duration_s
 
     async def worker(index: int, offset: float) -> None:
@@ -181,7 +182,7 @@ async def _closed_loop(
                 tally.error(exc)
 
     await asyncio.gather(*(worker(i, o) for i, o in enumerate(_offsets(spec))))
-    return _result(tally, started, cpu_started)
+    return _result(tally, started, cpu_started, loop_cpu_s=time.thread_time() - loop_cpu_started)
 
 
 async def _run_upstream(spec: WorkerSpec) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from sidecar.bench import report
+from sidecar.bench.budget import budget_tables
 from sidecar.bench.runner import BenchSettings, schedule
 from sidecar.bench.stats import RunResult, aggregate, percentile
 from sidecar.bench.workload import DEFAULT_TEXT, Workload, split_fragments
@@ -75,3 +76,24 @@ def test_targets_compare_modes_of_one_report() -> None:
     assert verdicts["100 sockets warm in under 1 s"] == "met"
     assert verdicts["sidecar CPU/task ≤ sdk-pool client CPU/task at 100"] == "met"
     assert not any("200" in t for t in verdicts)
+
+
+def test_budget_adds_up_the_processes_and_the_loop_at_the_floor_pace() -> None:
+    """Cores = tasks/s x CPU per task per process; the loop's need is at the floor's task rate."""
+
+    def row(mode: str, tasks: int, cpu: float, loop: float, client: float, other: float) -> Any:
+        run = RunResult(mode, 200, 0, tasks=tasks, ttfb_ms=[160.0] * tasks, elapsed_s=2.0)
+        run.cpu_s, run.loop_cpu_s, run.client_cpu_s = cpu, loop, client
+        run.emulator_cpu_s, run.other_cpu_s = 0.6, other
+        return aggregate([run], intrinsic_ms=150.0).to_dict()
+
+    sidecar = row("sidecar", 400, cpu=1.6, loop=1.44, client=0.4, other=0.2)
+    floor = row("floor", 500, cpu=1.0, loop=0.9, client=1.0, other=0.0)
+    lines = budget_tables({"rows": [sidecar, floor], "machine": {"cores": 2}})
+
+    # sidecar: 200 tasks/s; 0.8 cores, loop 0.72, load generator 0.2, emulator 0.3, others 0.1.
+    assert "| sidecar | 200 | 200.0 | 0.80 | 0.72 | 0.20 | 0.30 | 0.10 | 1.40 |" in lines
+    # floor: the client is the serving process, so no load generator is counted twice.
+    assert "| floor | 200 | 250.0 | 0.50 | 0.45 | - | 0.30 | 0.00 | 0.80 |" in lines
+    # The sidecar's loop costs 3.6 ms per task; at the floor's 250 tasks/s that is 0.90 cores.
+    assert "| 200 | 250.0 | 3.60 | 0.90 |" in lines

@@ -35,6 +35,7 @@ ROW_FIELDS = {
     "tasks_per_s",
     "cpu_ms_per_task",
     "client_cpu_ms_per_task",
+    "loop_busy",
     "emulator_cpu_ms_per_task",
     "other_load_cores",
     "peak_rss_mb",
@@ -89,6 +90,8 @@ def test_quick_bench_writes_a_complete_report(tmp_path: Path, go: str) -> None:
     assert "building the Go load generator" in done.stderr
     assert "driven by the Go load generator (clients/go/cmd/loadgen, go1." in done.stdout
     assert "| load generator CPU ms/task |" in done.stdout
+    assert "| mode | streams | tasks/s | serving process | its event loop |" in done.stdout
+    assert "| streams | floor tasks/s | sidecar event-loop CPU ms/task |" in done.stdout
     report = json.loads(out.read_text())
 
     assert report["schema"] == "cosyvoice-sidecar-bench/1"
@@ -124,6 +127,12 @@ def test_quick_bench_writes_a_complete_report(tmp_path: Path, go: str) -> None:
         assert rows["sidecar", level]["connections_opened"] == 0
 
     _check_sidecar_rows(rows, (1, 4))
+    # The event loop (main thread) is measured, and is part of its process's CPU.
+    for mode in ("sidecar", "floor", "cold"):
+        row = rows[mode, 4]
+        process_cores = row["cpu_ms_per_task"] * row["tasks_per_s"] / 1000
+        assert 0 < row["loop_busy"] <= process_cores + 0.05, (mode, row["loop_busy"])
+    assert rows["sdk-pool", 4]["loop_busy"] == 0  # threads, no event loop
     warm = {(w["mode"], w["level"]): w for w in report["warmup"]}
     assert {("sidecar", 4), ("floor", 4), ("sdk-pool", 4)} <= warm.keys()
     assert all(_number(w["seconds"]) for w in warm.values())
