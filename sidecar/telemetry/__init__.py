@@ -19,7 +19,8 @@ from sidecar.telemetry._logs import (
     TraceContextFilter,
     configure_logging,
 )
-from sidecar.telemetry._scopes import Borrow, Connect, Return, Synthesis
+from sidecar.telemetry._scopes import Borrow, Connect, Return
+from sidecar.telemetry._synthesis import Synthesis
 
 __all__ = [
     "LOG_FORMATS",

@@ -35,7 +35,8 @@ from opentelemetry.trace import Link, SpanKind
 
 from sidecar import __version__
 from sidecar.telemetry import _names as n
-from sidecar.telemetry._scopes import Borrow, Connect, Return, Synthesis, return_reason
+from sidecar.telemetry._scopes import Borrow, Connect, Return, return_reason
+from sidecar.telemetry._synthesis import Synthesis
 
 if TYPE_CHECKING:
     import grpc
