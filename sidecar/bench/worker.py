@@ -163,9 +163,19 @@ def _result(tally: Tally, started: float, cpu_started: float, **extra: Any) -> d
 
 
 async def _closed_loop(
-    spec: WorkerSpec, one_task: Callable[[int, Tally], Awaitable[None]], tally: Tally
+    spec: WorkerSpec,
+    one_task: Callable[[int, Tally], Awaitable[None]],
+    tally: Tally,
+    *,
+    serving: bool = False,
 ) -> dict[str, Any]:
-    """Run ``level`` closed-loop workers for the window; return the measurements."""
+    """Run ``level`` closed-loop workers for the window; return the measurements.
+
+    ``serving``: this process is the serving one (cold, floor), so its event
+    loop's CPU is reported too (``loop_cpu_s``). A gRPC load generator's is
+    not: the sidecar's loop is measured from outside, and the Go load
+    generator, which has no event loop, reports the same fields as this one.
+    """
     await asyncio.to_thread(_wait_for_go)
     started = time.perf_counter()
     cpu_started = time.process_time()
@@ -182,7 +192,8 @@ async def _closed_loop(
                 tally.error(exc)
 
     await asyncio.gather(*(worker(i, o) for i, o in enumerate(_offsets(spec))))
-    return _result(tally, started, cpu_started, loop_cpu_s=time.thread_time() - loop_cpu_started)
+    loop = {"loop_cpu_s": time.thread_time() - loop_cpu_started} if serving else {}
+    return _result(tally, started, cpu_started, **loop)
 
 
 async def _run_upstream(spec: WorkerSpec) -> dict[str, Any]:
@@ -217,7 +228,7 @@ async def _run_upstream(spec: WorkerSpec) -> dict[str, Any]:
                 await connection.aclose()
 
         _emit("ready", warmup_s=None, warmup_sockets=0)
-        return await _closed_loop(spec, cold_task, tally)
+        return await _closed_loop(spec, cold_task, tally, serving=True)
 
     started = time.perf_counter()
     sockets = list(await asyncio.gather(*(connect() for _ in range(spec.level))))
@@ -230,7 +241,7 @@ async def _run_upstream(spec: WorkerSpec) -> dict[str, Any]:
 
     _emit("ready", warmup_s=warmup, warmup_sockets=spec.level)
     try:
-        return await _closed_loop(spec, floor_task, tally)
+        return await _closed_loop(spec, floor_task, tally, serving=True)
     finally:
         await asyncio.gather(*(s.aclose() for s in sockets), return_exceptions=True)
 
