@@ -135,6 +135,8 @@ async def _measure(
         result.loop_cpu_s = main_thread_cpu_seconds(serving_pid) - loop_cpu
         result.cpu_s = cpu_seconds(serving_pid) - serving_cpu
         result.peak_rss_mb = peak_rss_mb(serving_pid)
+    else:
+        result.loop_cpu_s = data.get("loop_cpu_s", 0.0)
     result.emulator_cpu_s = cpu_seconds(ctx.emulator.pid) - emulator_cpu
     ours = result.emulator_cpu_s + data["cpu_s"] + (result.cpu_s if serving_pid else 0.0)
     if ctx.sink is not None:  # the bench's own process too, not other load
@@ -156,8 +158,6 @@ async def _measure(
         setattr(result, key, data[key])
     result.elapsed_s = data["elapsed_s"]
     result.client_cpu_s = data["cpu_s"]
-    if not serving_pid:
-        result.loop_cpu_s = data.get("loop_cpu_s", 0.0)
     result.connections_opened = after["connections_opened"] - at_go["connections_opened"]
     result.warmup_connections_opened = at_go["connections_opened"] - before["connections_opened"]
     result.emulator_outcomes = {
