@@ -18,8 +18,10 @@ concurrency level, interleaved and repeated, each client in a fresh process:
 Modules, leaves first: ``workload`` (what one task sends and must receive),
 ``stats`` (percentiles), ``procs`` (subprocesses, ``/proc``, the emulator's
 HTTP), ``worker`` (the client processes), ``loadgen`` (which load generator
-drives the sidecar modes; builds the Go one), ``runner`` (the schedule),
-``report`` (table, JSON, plot, verdicts), ``cli``.
+drives the sidecar modes; builds the Go one), ``settings``, ``runs`` (one
+measured run), ``runner`` (the schedule), ``targets`` (the issue's verdicts,
+per run and per repeat), ``budget`` (where the CPU went), ``report`` (table,
+plot), ``cli``.
 """
 
 from __future__ import annotations
