@@ -15,15 +15,20 @@ Formats (§8):
 - ``pcm``: 16-bit signed little-endian mono at the sample rate;
 - ``wav``: the same samples; the task's first binary frame starts with a
   44-byte RIFF header whose size fields are ``0xFFFFFFFF`` (streamed);
-- ``mp3`` and ``opus``: **placeholder bytes, not decodable**: one byte per
-  sample (the sample's high byte XOR a per-format mask). No encoder is
-  available to the emulator; the bytes stay deterministic and chunk-independent
-  so byte-exact comparisons still work.
+- ``mp3``: real MPEG audio, constant 64 kbit/s, when the optional LAME
+  binding ``lameenc`` is installed (``pip install 'cosyvoice-sidecar[emulator]'``;
+  the dev setup has it). Each sentence is encoded on its own, so a task's audio
+  is one MP3 stream per sentence, back to back, as a streaming decoder takes
+  them; LAME is deterministic, so the bytes still compare exactly.
+- ``opus``, and ``mp3`` without ``lameenc``: **placeholder bytes, not
+  decodable**: one byte per sample (the sample's high byte XOR a per-format
+  mask), deterministic and chunk-independent.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import struct
 import sys
 from array import array
@@ -36,13 +41,14 @@ from sidecar.protocol import count_characters
 
 __all__ = [
     "FORMATS",
+    "MP3_BIT_RATE_KBPS",
     "SAMPLE_RATES",
     "WAV_HEADER_SIZE",
     "AudioSpec",
     "chunk_size",
     "encode",
+    "mp3_is_real",
     "pcm_chunks",
-    "sample_width",
     "sentence_audio",
     "sentence_pcm",
     "sentence_samples",
@@ -55,6 +61,12 @@ SAMPLE_RATES: Final = frozenset({8000, 16000, 22050, 24000, 44100, 48000})
 WAV_HEADER_SIZE: Final = 44
 _STREAMED_SIZE: Final = 0xFFFFFFFF
 _MASKS: Final = {"mp3": 0x4D, "opus": 0x4F}
+# DashScope does not document its mp3 bit rate (unconfirmed). 64 kbit/s is valid
+# in every MPEG version at every sample rate the service offers (MPEG-2.5 at
+# 8 kHz tops out there), so one constant serves them all.
+MP3_BIT_RATE_KBPS: Final = 64
+_LAME_QUALITY: Final = 7  # LAME's fast mode: the emulator's audio is a test tone
+_lame_installed: Final = importlib.util.find_spec("lameenc") is not None
 
 
 @dataclass(frozen=True)
@@ -94,7 +106,7 @@ def sentence_audio(text: str, index: int, spec: AudioSpec, ms_per_character: flo
     """Return sentence ``index``'s audio in ``spec.format``, without any container header.
 
     This is what the sentence's binary frames carry, concatenated; cut it with
-    :func:`chunk_size`. Equal to ``encode(spec.format, sentence_pcm(...))``,
+    :func:`chunk_size`. Equal to ``encode(spec.format, sentence_pcm(...), spec.sample_rate)``,
     remembered for recently used sentences.
     """
     key = (text, index, spec, ms_per_character)
@@ -102,7 +114,7 @@ def sentence_audio(text: str, index: int, spec: AudioSpec, ms_per_character: flo
     if data is not None:
         _cache.move_to_end(key)
         return data
-    data = encode(spec.format, sentence_pcm(text, index, spec, ms_per_character))
+    data = encode(spec.format, sentence_pcm(text, index, spec, ms_per_character), spec.sample_rate)
     if len(data) <= _CACHE_MAX_SIZE:
         _cache[key] = data
         if len(_cache) > _CACHE_ENTRIES:
@@ -113,15 +125,18 @@ def sentence_audio(text: str, index: int, spec: AudioSpec, ms_per_character: flo
 def chunk_size(format_: str, sample_rate: int, chunk_ms: int) -> int:
     """Return how many bytes of :func:`sentence_audio` one binary frame carries.
 
-    Whole samples, as :func:`pcm_chunks` cuts them; the placeholder formats
-    have one byte per sample.
+    Whole samples, as :func:`pcm_chunks` cuts them (the placeholder formats
+    have one byte per sample); for real mp3, ``chunk_ms`` of its constant bit rate.
     """
-    return max(1, sample_rate * chunk_ms // 1000) * sample_width(format_)
+    if format_ == "mp3" and mp3_is_real():
+        return max(1, MP3_BIT_RATE_KBPS * chunk_ms // 8)
+    width = 2 if format_ in ("pcm", "wav") else 1
+    return max(1, sample_rate * chunk_ms // 1000) * width
 
 
-def sample_width(format_: str) -> int:
-    """Return the bytes per sample of :func:`sentence_audio` in ``format_``."""
-    return 2 if format_ in ("pcm", "wav") else 1
+def mp3_is_real() -> bool:
+    """Return whether ``mp3`` is encoded by LAME here (``lameenc`` installed)."""
+    return _lame_installed
 
 
 # Recently synthesised sentences, encoded: frames are slices of one buffer, and
@@ -142,17 +157,31 @@ def _triangle(i: int, period: int, amplitude: int) -> int:
     return q - 4 * amplitude
 
 
-def encode(format_: str, pcm: bytes) -> bytes:
+def encode(format_: str, pcm: bytes, sample_rate: int) -> bytes:
     """Return the bytes of ``pcm`` in ``format_``, without any container header.
 
-    ``pcm`` and ``wav`` are the PCM itself; ``mp3``/``opus`` are the
-    placeholder bytes described in the module docstring.
+    ``pcm`` and ``wav`` are the PCM itself; ``mp3`` is one MP3 stream when
+    :func:`mp3_is_real`; otherwise ``mp3`` and ``opus`` are the placeholder
+    bytes described in the module docstring.
     """
     if format_ in ("pcm", "wav"):
         return pcm
+    if format_ == "mp3" and mp3_is_real():
+        return _lame(pcm, sample_rate)
     mask = _MASKS[format_]
     table = bytes(b ^ mask for b in range(256))
     return pcm[1::2].translate(table)
+
+
+def _lame(pcm: bytes, sample_rate: int) -> bytes:
+    import lameenc  # type: ignore[import-not-found, unused-ignore]  # optional
+
+    encoder = lameenc.Encoder()
+    encoder.set_bit_rate(MP3_BIT_RATE_KBPS)
+    encoder.set_in_sample_rate(sample_rate)
+    encoder.set_channels(1)
+    encoder.set_quality(_LAME_QUALITY)
+    return bytes(encoder.encode(pcm)) + bytes(encoder.flush())
 
 
 def wav_header(sample_rate: int) -> bytes:
@@ -190,8 +219,7 @@ def task_audio(sentences: Sequence[str], spec: AudioSpec, ms_per_character: floa
     with task-finished; chunking does not change it.
     """
     body = b"".join(
-        encode(spec.format, sentence_pcm(text, i, spec, ms_per_character))
-        for i, text in enumerate(sentences)
+        sentence_audio(text, i, spec, ms_per_character) for i, text in enumerate(sentences)
     )
     if spec.format == "wav" and body:
         return wav_header(spec.sample_rate) + body

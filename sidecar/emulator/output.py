@@ -39,7 +39,7 @@ class TaskOutput:
     ) -> None:
         self.sink = FrameSink(connection)
         self._spec = spec
-        self._ms_per_byte = 1000 / spec.sample_rate / audio.sample_width(spec.format)
+        self._ms_per_byte = 0.0  # the current sentence's: its duration over its bytes
         # The task's first frame starts with the WAV header (§8).
         self._header = audio.wav_header(spec.sample_rate) if spec.format == "wav" else b""
         self._record = record
@@ -62,15 +62,24 @@ class TaskOutput:
     # -- the current sentence -------------------------------------------------
 
     def start_sentence(
-        self, key: Hashable, data: bytes, begin: bytes, synthesis: bytes, chunk_ms: int
+        self,
+        key: Hashable,
+        data: bytes,
+        duration_ms: float,
+        begin: bytes,
+        synthesis: bytes,
+        chunk_ms: int,
     ) -> None:
         """Queue sentence-begin; :meth:`queue_due` queues the sentence's frames.
 
-        ``key`` names ``data`` exactly (see :class:`~sidecar.emulator.digest.AudioDigest`).
+        ``key`` names ``data`` exactly (see :class:`~sidecar.emulator.digest.AudioDigest`);
+        ``duration_ms`` is how long ``data`` plays, which paces its frames
+        whatever the format's bytes per millisecond.
         """
         spec = self._spec
         self._digest.append(key, data)
         self.sink.text(begin)
+        self._ms_per_byte = duration_ms / len(data) if data else 0.0
         self._view = memoryview(data)
         self._offset = 0
         self._size = audio.chunk_size(spec.format, spec.sample_rate, chunk_ms)

@@ -291,6 +291,8 @@ class TaskRun:
         out = self._out
         key = (sentence.text, out.sentences, spec, knobs.ms_per_character)
         data = audio.sentence_audio(*key)
+        samples = audio.sentence_samples(sentence.text, spec, knobs.ms_per_character)
+        duration_ms = samples * 1000 / spec.sample_rate
         if out.first_audio_at is None:
             await self._sleep_until(self._loop.time() + knobs.first_packet_delay_s)
             out.first_audio_at = self._loop.time()
@@ -298,14 +300,15 @@ class TaskRun:
         out.start_sentence(
             key,
             data,
+            duration_ms,
             begin=self._event("sentence-begin", original_text=sentence.text),
             synthesis=self._event("sentence-synthesis"),
             chunk_ms=knobs.chunk_ms,
         )
         await self._play()
         self._billed += sentence.characters
-        duration_ms = len(data) // audio.sample_width(spec.format) * 1000 // spec.sample_rate
-        words = word_timings(sentence.text, duration_ms) if self._params.word_timestamps else ()
+        whole_ms = samples * 1000 // spec.sample_rate
+        words = word_timings(sentence.text, whole_ms) if self._params.word_timestamps else ()
         end = self._event(
             "sentence-end", original_text=sentence.text, words=words, characters=self._billed
         )

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
+from collections import OrderedDict
 
 import pytest
+import soundfile  # type: ignore[import-untyped]
 from websockets.frames import Frame, Opcode
 
-from sidecar.emulator import AudioSpec
+from sidecar.emulator import AudioSpec, audio
 from sidecar.emulator.audio import (
     chunk_size,
     encode,
     pcm_chunks,
-    sample_width,
     sentence_audio,
     sentence_pcm,
+    sentence_samples,
     wav_header,
 )
 from sidecar.emulator.digest import AudioDigest
@@ -33,19 +36,48 @@ def test_frame_header_is_what_websockets_would_send(opcode: Opcode, length: int)
     assert frame_header(opcode, length) + payload == expected
 
 
-@pytest.mark.parametrize("format_", ["pcm", "wav", "mp3", "opus"])
-def test_sentence_audio_cut_by_chunk_size_is_the_encoded_chunks(format_: str) -> None:
-    """Slicing the cached sentence every chunk_size bytes gives encode() of each PCM chunk."""
+@pytest.mark.parametrize(
+    ("format_", "width"), [("pcm", 2), ("wav", 2), ("opus", 1), ("mp3-placeholder", 1)]
+)
+def test_sentence_audio_cut_by_chunk_size_is_the_encoded_chunks(
+    format_: str, width: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slicing the cached sentence every chunk_size bytes gives encode() of each PCM chunk.
+
+    True of the sample formats and the placeholders (mp3 without LAME), not of real mp3.
+    """
+    if format_ == "mp3-placeholder":
+        format_ = "mp3"
+        monkeypatch.setattr(audio, "_lame_installed", False)
+        # A cache of its own, so no real mp3 is read and no placeholder is left behind.
+        monkeypatch.setattr(audio, "_cache", OrderedDict())
     spec = AudioSpec(format_, 22050, seed=5)
     data = sentence_audio("Cut me into frames.", 1, spec, 60)
-    assert data == encode(format_, sentence_pcm("Cut me into frames.", 1, spec, 60))
+    assert data == encode(format_, sentence_pcm("Cut me into frames.", 1, spec, 60), 22050)
     assert sentence_audio("Cut me into frames.", 1, spec, 60) is data  # cached
     size = chunk_size(format_, 22050, 30)  # 661 samples: the last frame is shorter
-    assert size == 661 * sample_width(format_)
+    assert size == 661 * width
     frames = [data[i : i + size] for i in range(0, len(data), size)]
     pcm = sentence_pcm("Cut me into frames.", 1, spec, 60)
-    assert frames == [encode(format_, c) for c in pcm_chunks(pcm, 22050, 30)]
+    assert frames == [encode(format_, c, 22050) for c in pcm_chunks(pcm, 22050, 30)]
     assert len(frames[-1]) < size
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 22050, 24000, 44100, 48000])
+def test_mp3_is_real_mpeg_audio_of_the_sentence(rate: int) -> None:
+    """mp3 decodes (libsndfile's decoder) to the sentence's tone, at its rate and length."""
+    assert audio.mp3_is_real(), "lameenc (a dev dependency) is missing: make venv"
+    spec = AudioSpec("mp3", rate, volume=50)
+    data = sentence_audio("Real audio, decodable.", 0, spec, 60)
+    assert data == encode("mp3", sentence_pcm("Real audio, decodable.", 0, spec, 60), rate)
+    assert chunk_size("mp3", rate, 100) == 800  # 64 kbit/s
+    samples, decoded_rate = soundfile.read(io.BytesIO(data), dtype="int16")
+    assert decoded_rate == rate
+    expected = sentence_samples("Real audio, decodable.", spec, 60)
+    # LAME adds its encoder delay and pads the last frame (at most a few frames).
+    assert expected <= len(samples) <= expected + 4 * 1152 + 1105
+    loud = sum(abs(int(v)) for v in samples) / len(samples)
+    assert loud > 2000  # the triangle tone (amplitude 8000), not silence
 
 
 def test_audio_digest_is_the_sha256_of_every_prefix() -> None:
