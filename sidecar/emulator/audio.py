@@ -61,9 +61,9 @@ SAMPLE_RATES: Final = frozenset({8000, 16000, 22050, 24000, 44100, 48000})
 WAV_HEADER_SIZE: Final = 44
 _STREAMED_SIZE: Final = 0xFFFFFFFF
 _MASKS: Final = {"mp3": 0x4D, "opus": 0x4F}
-# DashScope does not document its mp3 bit rate (unconfirmed). 64 kbit/s is valid
-# in every MPEG version at every sample rate the service offers (MPEG-2.5 at
-# 8 kHz tops out there), so one constant serves them all.
+# DashScope does not document its mp3 bit rate (unconfirmed). 64 kbit/s is a
+# Layer III bit rate of MPEG-1, 2 and 2.5 alike, so one constant serves every
+# sample rate the service offers (the tests encode and decode all six).
 MP3_BIT_RATE_KBPS: Final = 64
 _LAME_QUALITY: Final = 7  # LAME's fast mode: the emulator's audio is a test tone
 _lame_installed: Final = importlib.util.find_spec("lameenc") is not None
