@@ -33,10 +33,10 @@ test: venv tools
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml bench/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' -e ./bench
 	touch $@
 
 # Go-based tools; without Go they cannot be installed, which is an error in CI.
@@ -82,7 +82,9 @@ test-java: venv
 	./scripts/require.sh mvn
 	cd clients/java && COSYVOICE_SIDECAR_BIN=$(BIN)/cosyvoice-sidecar mvn -B -q test
 
+# The benchmark is its own package (bench/), never part of the sidecar's image.
 bench: venv
+	$(BIN)/pip install --quiet -e './bench[extras]'
 	$(BIN)/cosyvoice-sidecar bench $(BENCH_ARGS)
 
 clean:

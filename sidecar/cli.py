@@ -1,6 +1,9 @@
-"""The ``cosyvoice-sidecar`` command: serve, emulate, say.
+"""The ``cosyvoice-sidecar`` command: serve, say, emulate, bench.
 
-``main(argv=None)`` returns the exit code, so tests call it directly.
+``main(argv=None)`` returns the exit code, so tests call it directly. ``serve``
+imports neither the emulator nor the benchmark: ``emulate`` (and ``serve
+--emulator``) import the emulator when asked for, and ``bench`` is the
+separate ``cosyvoice-sidecar-bench`` distribution, run when it is installed.
 """
 
 from __future__ import annotations
@@ -17,9 +20,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sidecar import __version__
-from sidecar.config import ApiKey, ConfigError, add_serve_arguments, config_from_args
+from sidecar.config import ApiKey, Config, ConfigError, add_serve_arguments, config_from_args
+
+if TYPE_CHECKING:
+    from sidecar.server import SidecarServer
 
 __all__ = ["main"]
 
@@ -37,12 +44,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit code."""
     # The sidecar never forks; grpc's fork support costs CPU on every call.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    words = list(sys.argv[1:] if argv is None else argv)
+    # These two parse their own flags, so their modules load only when run.
+    if words[:1] == ["emulate"]:
+        return _emulate(words[1:])
+    if words[:1] == ["bench"]:
+        return _bench(words[1:])
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(words)
     if args.command is None:
         parser.print_help()
         return 2
-    handler = {"serve": _serve, "emulate": _emulate, "say": _say, "bench": _bench}[args.command]
+    handler = {"serve": _serve, "say": _say}[args.command]
     try:
         return asyncio.run(handler(args))
     except KeyboardInterrupt:
@@ -67,25 +80,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_serve_arguments(serve)
 
-    emulate = commands.add_parser(
+    commands.add_parser(
         "emulate",
-        help="run the DashScope emulator alone",
-        description="Run the local DashScope CosyVoice emulator (for development and tests); "
-        "prints 'emulator on URL' on stdout.",
+        help="run the DashScope emulator alone (see 'emulate --help')",
+        add_help=False,
     )
-    from sidecar.emulator import cli as emulator_cli
-
-    emulator_cli.add_arguments(emulate)
-
-    bench = commands.add_parser(
+    commands.add_parser(
         "bench",
-        help="benchmark the sidecar against the vendor SDK pool and the floor",
-        description="Run the emulator, the sidecar and the other modes as separate processes "
-        "and measure time to first audio under concurrency (Markdown on stdout; --json, --plot).",
+        help="benchmark the sidecar (needs the cosyvoice-sidecar-bench package; "
+        "see 'bench --help')",
+        add_help=False,
     )
-    from sidecar.bench import cli as bench_cli
-
-    bench_cli.add_arguments(bench)
 
     say = commands.add_parser(
         "say",
@@ -106,12 +111,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(level: str, log_format: str = "text") -> None:
-    from sidecar.telemetry import configure_logging
-
-    configure_logging(level, log_format, sys.stderr)
-
-
 async def _serve(args: argparse.Namespace) -> int:
     from sidecar.server import SidecarServer
 
@@ -120,8 +119,11 @@ async def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"cosyvoice-sidecar serve: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(config.log_level, config.log_format)
-    from sidecar.telemetry import telemetry_from_env
+    from sidecar.telemetry import configure_logging, telemetry_from_env
+
+    configure_logging(
+        config.log_level, config.log_format, sys.stderr, secrets=lambda: _secrets(config)
+    )
 
     try:
         telemetry = telemetry_from_env()  # the standard OTEL_* variables; off by default
@@ -145,7 +147,7 @@ async def _serve(args: argparse.Namespace) -> int:
             )
             print(f"emulator on {emulator.url}", flush=True)
         server = SidecarServer(config, telemetry=telemetry)
-        stop = _stop_event()
+        stop = _stop_event(server)
         address = await server.start()
         stack.push_async_callback(server.stop, config.drain_grace_s)
         waiter = asyncio.ensure_future(stop.wait())
@@ -159,25 +161,44 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stop_event() -> asyncio.Event:
+def _stop_event(server: SidecarServer) -> asyncio.Event:
+    """Set on SIGTERM or SIGINT; a second signal makes the shutdown hurry."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def signalled() -> None:
+        if stop.is_set():
+            log.warning("second signal: ending running calls now")
+            server.hurry()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signalled)
     return stop
 
 
-async def _emulate(args: argparse.Namespace) -> int:
+def _secrets(config: Config) -> list[str]:
+    """The values logs must never show (bearer credentials are masked anyway)."""
+    return [s.reveal() for s in (config.api_key, config.auth_token) if s is not None]
+
+
+def _emulate(argv: list[str]) -> int:
     from sidecar.emulator import cli as emulator_cli
 
-    _configure_logging("info")
-    return await emulator_cli.run(args)
+    return emulator_cli.main(argv, prog="cosyvoice-sidecar emulate")
 
 
-async def _bench(args: argparse.Namespace) -> int:
-    from sidecar.bench import cli as bench_cli
-
-    return await bench_cli.run(args)
+def _bench(argv: list[str]) -> int:
+    try:
+        from cosyvoice_sidecar_bench import cli as bench_cli
+    except ImportError:
+        print(
+            "cosyvoice-sidecar bench: the benchmark is a separate package; install it with "
+            "'pip install ./bench' from a clone (make bench does)",
+            file=sys.stderr,
+        )
+        return 2
+    return bench_cli.main(argv, prog="cosyvoice-sidecar bench")
 
 
 async def _say(args: argparse.Namespace) -> int:

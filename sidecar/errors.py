@@ -1,16 +1,19 @@
 """The sidecar's exception tree.
 
-Every error the sidecar raises on purpose is a :class:`SidecarError`; the
-servicer turns each kind into one gRPC status code in a single table
-(``sidecar.servicer``). Expected errors are the caller's or the upstream's
-doing; anything else reaching the servicer is a bug and becomes INTERNAL.
+Every error the sidecar raises on purpose during a call is a
+:class:`SidecarError`; the gRPC edge turns each kind into one gRPC status code
+in a single table (``sidecar.rpc._statuses``). Expected errors are the
+caller's or the upstream's doing; anything else reaching the edge is a bug:
+it becomes INTERNAL, and its traceback is logged once.
 
 ::
 
+    ConfigError                 the configuration is invalid (start-up only, never a call's)
     SidecarError
     ├── InvalidRequest          caller's fault: bad config or text (INVALID_ARGUMENT)
     ├── CallerIdle              no text and no finish for too long (FAILED_PRECONDITION)
-    ├── CallerCancelled         the caller hung up mid-stream (CANCELLED)
+    ├── CallerStalled           the caller stopped reading its audio for too long
+    │                           (FAILED_PRECONDITION)
     ├── TooManyStreams          over the admitted number of concurrent calls (RESOURCE_EXHAUSTED)
     ├── PoolExhausted           every connection busy past the wait bound (RESOURCE_EXHAUSTED)
     ├── PoolClosed              the sidecar is shutting down (UNAVAILABLE)
@@ -24,8 +27,9 @@ doing; anything else reaching the servicer is a bug and becomes INTERNAL.
 from __future__ import annotations
 
 __all__ = [
-    "CallerCancelled",
     "CallerIdle",
+    "CallerStalled",
+    "ConfigError",
     "InvalidRequest",
     "PoolClosed",
     "PoolExhausted",
@@ -37,6 +41,10 @@ __all__ = [
     "UpstreamTimeout",
     "UpstreamUnavailable",
 ]
+
+
+class ConfigError(ValueError):
+    """Raised when the configuration is invalid; the message names the setting to change."""
 
 
 class SidecarError(Exception):
@@ -58,16 +66,17 @@ class InvalidRequest(SidecarError):
 class CallerIdle(SidecarError):
     """Raised when a stream sends neither text nor finish within the idle bound. Expected.
 
-    DashScope itself fails a task after 23 s without text (§7); ending the call
-    first lets the status say what happened and keeps the connection clean.
+    DashScope itself fails a task after 23 s without text (docs/dashscope-protocol.md §7);
+    ending the call first lets the status say what happened and keeps the connection clean.
     """
 
 
-class CallerCancelled(SidecarError):
-    """Raised when the request stream ends because the caller cancelled. Expected.
+class CallerStalled(SidecarError):
+    """Raised when the caller stops reading its audio for longer than its bound. Expected.
 
-    Distinguishes a hang-up from a half-close, which means finish: a cancelled
-    call's text must not be synthesized to the end.
+    While the caller does not read, the sidecar stops reading the upstream
+    (backpressure), so the upstream is not at fault: the status must not invite
+    a retry as if DashScope were down.
     """
 
 

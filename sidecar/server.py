@@ -1,9 +1,21 @@
-"""Server assembly: the pool, the servicer, health and reflection on one grpc.aio server.
+"""Server assembly: the pool, the servicers, health and reflection on one grpc.aio server.
 
-:class:`SidecarServer` owns the start and the ordered shutdown (STYLE
-principle 12): health NOT_SERVING → stop accepting and drain calls within the
-grace period → close the pool (code 1000). Failures during shutdown are
-logged, not raised.
+:class:`SidecarServer` owns the start and the ordered shutdown: health
+NOT_SERVING → stop accepting and drain calls within the grace period → close
+the pool (code 1000). Failures during shutdown are logged, not raised.
+
+Health has three services, for three readers:
+
+* ``liveness``: SERVING from start to exit, whatever the upstream does (a
+  restart cures no DashScope outage, bad key or quota problem);
+* ``""``, the pod's readiness: SERVING once the pool has warmed up once, and
+  through a later DashScope outage, so one upstream incident does not take
+  every replica (and the application's other routes) out of its Service;
+  NOT_SERVING while draining. With ``--readiness-follows-upstream`` it
+  follows the upstream like the next one;
+* ``cosyvoice.sidecar.v1.Synthesizer``: the upstream's health (NOT_SERVING
+  while DashScope is unreachable or refuses the key), for callers and
+  dashboards.
 """
 
 from __future__ import annotations
@@ -21,26 +33,24 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from sidecar.auth import BearerTokenInterceptor
 from sidecar.config import Config
 from sidecar.credentials import ApiKeySource
 from sidecar.errors import PoolClosed
-from sidecar.pool import Pool, PoolPolicy
-from sidecar.servicer import SynthesizerServicer
-from sidecar.status import StatusServicer
+from sidecar.pool import Pool
+from sidecar.rpc import BearerTokenInterceptor, StatusServicer, SynthesizerServicer
 from sidecar.telemetry import Telemetry
 from sidecar.upstream import UpstreamConnection, open_connection
 
-__all__ = ["LIVENESS_SERVICE", "SERVICE_NAME", "SidecarServer"]
+__all__ = ["LIVENESS_SERVICE", "READINESS_SERVICE", "SERVICE_NAME", "SidecarServer"]
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["Synthesizer"].full_name
 STATUS_SERVICE_NAME: Final = status_pb2.DESCRIPTOR.services_by_name["SidecarStatus"].full_name
-# A health service name that is SERVING from start until exit whatever the
-# upstream does: a liveness probe on it restarts a hung process, never a pod
-# whose only trouble is DashScope (a restart cures no outage or bad key).
 LIVENESS_SERVICE: Final = "liveness"
+READINESS_SERVICE: Final = ""
+# After the drain grace, aborted calls get this long to end before the server stops.
+_ABORT_GRACE_S: Final = 2.0
 # 200,000 characters of 4-byte UTF-8 fit in 1 MiB; larger requests are refused by gRPC.
 MAX_RECEIVE_MESSAGE_BYTES: Final = 1 << 20
 _HEALTH_POLL_S: Final = 0.1
@@ -73,15 +83,17 @@ class SidecarServer:
                 config.upstream_url,
                 self.api_key.current(),
                 connect_timeout=config.connect_timeout_s,
+                workspace=config.workspace,
             )
 
         self.pool = Pool(
             connector,
-            pool_policy(config),
+            config.pool,
             key_changed=self.api_key.refresh,
             telemetry=self.telemetry,
         )
-        self.telemetry.watch_pool(self.pool.status)
+        # The exporter reads from its own thread: it gets the published snapshot.
+        self.telemetry.watch_pool(lambda: self.pool.published)
         self.health = health_aio.HealthServicer()
         interceptors: list[grpc.aio.ServerInterceptor] = []
         # Outermost, so calls refused by the token check are traced too.
@@ -107,8 +119,9 @@ class SidecarServer:
             self._server,
         )
         self._watcher: asyncio.Task[None] | None = None
-        self._serving = False
+        self._health: dict[str, bool] = {}
         self._draining = False
+        self._hurry = asyncio.Event()
         self.address = ""
 
     def __repr__(self) -> str:
@@ -117,10 +130,10 @@ class SidecarServer:
     async def start(self) -> str:
         """Bind, start serving and start warming the pool; return the bound address.
 
-        Health stays NOT_SERVING until the pool has ``min_idle`` warm
+        Readiness stays NOT_SERVING until the pool has ``min_idle`` warm
         connections, so Kubernetes and load balancers wait for a warm pool.
         """
-        await self._set_health(serving=False)
+        await self._sync_health()
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self.address = self._bind()
         self.pool.start()
@@ -151,15 +164,20 @@ class SidecarServer:
         await self._sync_health()
         return ready
 
+    def hurry(self) -> None:
+        """Cut a running :meth:`stop` short: end the running calls now (a second signal)."""
+        self._hurry.set()
+
     async def stop(self, grace: float = 10.0) -> None:
         """Shut down in order; never raises.
 
         Health NOT_SERVING → refuse new calls → running calls get ``grace``
-        seconds to complete → the rest end with UNAVAILABLE and their tasks are
-        cancelled upstream → the pool closes every socket with code 1000.
+        seconds to complete (or until :meth:`hurry`) → the rest end with
+        UNAVAILABLE and their tasks are stopped upstream → the pool closes
+        every socket with code 1000.
         """
         self._draining = True
-        await self._set_health(serving=False)
+        await self._sync_health()
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -167,14 +185,16 @@ class SidecarServer:
         # New calls are refused (UNAVAILABLE) from here on while health checks
         # keep answering NOT_SERVING; running calls go on for the grace period.
         self.servicer.start_draining()
-        if not await self.servicer.wait_idle(grace):
+        if not await self._drained(grace):
             log.warning(
-                "drain grace of %.1fs expired with %d calls running; ending them",
-                grace,
+                "%s with %d calls running; ending them",
+                "shutdown hurried"
+                if self._hurry.is_set()
+                else f"drain grace of {grace:g}s expired",
                 self.servicer.active_calls,
             )
             self.servicer.abort_all(PoolClosed(f"the sidecar shut down ({grace:g}s drain grace)"))
-            await self.servicer.wait_idle(self.config.cancel_timeout_s + 1.0)
+            await self.servicer.wait_idle(_ABORT_GRACE_S)
         try:
             # Only long-lived health watches remain: end them promptly.
             await self._server.stop(1.0)
@@ -186,27 +206,40 @@ class SidecarServer:
             log.exception("closing the pool failed")
         log.info("stopped")
 
+    async def _drained(self, grace: float) -> bool:
+        """Wait for every call to end, at most ``grace`` seconds or until :meth:`hurry`."""
+        idle = asyncio.ensure_future(self.servicer.wait_idle(grace))
+        hurry = asyncio.ensure_future(self._hurry.wait())
+        try:
+            await asyncio.wait({idle, hurry}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hurry.cancel()
+        if idle.done():
+            return idle.result()
+        idle.cancel()
+        return False
+
     async def _watch_pool(self) -> None:
         while True:
             await self._sync_health()
             await asyncio.sleep(_HEALTH_POLL_S)
 
     async def _sync_health(self) -> None:
-        """Make health say what the pool is: SERVING only while warm."""
-        if self._draining or self.pool.ready == self._serving:
-            return
-        self._serving = self.pool.ready
-        await self._set_health(serving=self._serving)
-        log.info("health %s: %r", "SERVING" if self._serving else "NOT_SERVING", self.pool)
-
-    async def _set_health(self, *, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in ("", SERVICE_NAME):
+        """Make each health service say what it means (module docstring)."""
+        upstream = self.pool.ready and not self._draining
+        ready = upstream if self.config.readiness_follows_upstream else self.pool.warmed_once
+        wanted = {SERVICE_NAME: upstream, READINESS_SERVICE: ready and not self._draining}
+        for name, serving in wanted.items():
+            if self._health.get(name) == serving:
+                continue
+            self._health[name] = serving
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
             await self.health.set(name, status)
+            log.info("health %r %s: %r", name, "SERVING" if serving else "NOT_SERVING", self.pool)
 
 
 def _server_credentials(config: Config) -> grpc.ServerCredentials | None:
@@ -221,20 +254,4 @@ def _server_credentials(config: Config) -> grpc.ServerCredentials | None:
             client_ca = ca.read()
     return grpc.ssl_server_credentials(
         [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
-    )
-
-
-def pool_policy(config: Config) -> PoolPolicy:
-    """The pool's policy from the configuration."""
-    return PoolPolicy(
-        min_idle=config.pool_min_idle,
-        max_size=config.pool_max_size,
-        acquire_timeout=config.acquire_timeout_s,
-        max_idle_age=config.pool_max_idle_age_s,
-        max_lifetime=config.pool_max_lifetime_s,
-        shrink_after=config.pool_shrink_after_s,
-        connect_burst=config.pool_connect_burst,
-        connect_rate=config.pool_connect_rate,
-        auth_probe_interval=config.pool_auth_probe_interval_s,
-        lease_stall=config.pool_lease_stall_s,
     )

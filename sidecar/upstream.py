@@ -1,10 +1,13 @@
 """One upstream DashScope WebSocket: the asyncio driver of the protocol core.
 
-An :class:`UpstreamConnection` carries one task at a time (§7). Its
-:attr:`~UpstreamConnection.reusable` flag is the only place the reuse rule
-lives: a connection may carry another task only after ``task-finished``, and
-is discarded after ``task-failed``, a close frame, a transport error, a
-protocol violation, or a task that ended any other way (STYLE principle 3).
+An :class:`UpstreamConnection` carries one task at a time
+(docs/dashscope-protocol.md §7). Its :attr:`~UpstreamConnection.reusable`
+flag is the only place the reuse rule lives: a connection may carry another
+task only after ``task-finished``, and is discarded after ``task-failed``, a
+close frame, a transport error, a protocol violation, or a task that ended
+any other way. A task that must stop early is abandoned: its socket is closed
+(code 1000), the documented way to interrupt a task, so no audio of it can
+reach a later task on the same socket.
 
 Errors are turned into :mod:`sidecar.errors` here, so nothing above this
 module knows about websockets' exceptions.
@@ -17,7 +20,7 @@ import enum
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -32,7 +35,7 @@ from sidecar.errors import (
     UpstreamUnavailable,
 )
 
-__all__ = ["ConnectionState", "UpstreamConnection", "UpstreamTask", "open_connection"]
+__all__ = ["UpstreamConnection", "UpstreamTask", "open_connection"]
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
@@ -43,8 +46,8 @@ _MAX_FRAME_BYTES: Final = 1 << 20
 _MAX_QUEUED_FRAMES: Final = 16
 
 
-class ConnectionState(enum.Enum):
-    """Life cycle of one upstream connection (STYLE principle 2)."""
+class _State(enum.Enum):
+    """Life cycle of one upstream connection."""
 
     IDLE = "idle"  # open, no task: may be borrowed
     BUSY = "busy"  # carrying one task
@@ -56,16 +59,19 @@ async def open_connection(
     api_key: str,
     *,
     connect_timeout: float,
+    workspace: str | None = None,
     user_agent: str = "cosyvoice-sidecar",
 ) -> UpstreamConnection:
     """Open and hand-shake one WebSocket to ``url``.
 
-    Raises :class:`UpstreamAuthError` when the key is refused (HTTP 401/403,
-    §2) and :class:`UpstreamUnavailable` for every other failure, including
+    ``workspace`` goes out as ``X-DashScope-WorkSpace`` (§2). Raises
+    :class:`UpstreamAuthError` when the key is refused (HTTP 401/403, §2) and
+    :class:`UpstreamUnavailable` for every other failure, including
     ``connect_timeout`` expiring.
     """
     headers = {"Authorization": f"Bearer {api_key}"}
-    started = time.monotonic()
+    if workspace:
+        headers["X-DashScope-WorkSpace"] = workspace
     try:
         ws = await connect(
             url,
@@ -87,43 +93,44 @@ async def open_connection(
             raise UpstreamAuthError(status) from exc
         raise UpstreamUnavailable(f"upstream handshake refused with HTTP {status}") from exc
     except TimeoutError as exc:
-        raise UpstreamUnavailable(f"upstream connect timed out after {connect_timeout:g}s") from exc
+        raise UpstreamUnavailable(
+            f"upstream connect timed out after {connect_timeout:g}s (cross-border connects "
+            "to DashScope can take 10-30 s: see --connect-timeout)"
+        ) from exc
     except (OSError, WebSocketException) as exc:
         raise UpstreamUnavailable(f"cannot connect to upstream: {exc}") from exc
-    return UpstreamConnection(ws, connect_ms=(time.monotonic() - started) * 1000)
+    return UpstreamConnection(ws)
 
 
 class UpstreamConnection:
     """A DashScope WebSocket that carries one task at a time."""
 
-    def __init__(self, ws: ClientConnection, *, connect_ms: float = 0.0) -> None:
+    def __init__(self, ws: ClientConnection) -> None:
         self.id = next(_ids)
-        self.connect_ms = connect_ms
         self.opened_at = time.monotonic()
-        self.last_used = self.opened_at
         self.tasks_done = 0
         self._ws = ws
-        self._state = ConnectionState.IDLE
+        self._state = _State.IDLE
         self._close_task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<UpstreamConnection #{self.id} {self.state.value} tasks={self.tasks_done}>"
 
     @property
-    def state(self) -> ConnectionState:
-        if self._state is not ConnectionState.CLOSED and self._ws.state is not State.OPEN:
+    def state(self) -> _State:
+        if self._state is not _State.CLOSED and self._ws.state is not State.OPEN:
             # The peer closed (a close frame or EOF was processed): stale.
-            self._state = ConnectionState.CLOSED
+            self._state = _State.CLOSED
         return self._state
 
     @property
     def reusable(self) -> bool:
         """Return True if the connection may carry another task (the reuse rule)."""
-        return self.state is ConnectionState.IDLE
+        return self.state is _State.IDLE
 
     @property
     def closed(self) -> bool:
-        return self.state is ConnectionState.CLOSED
+        return self.state is _State.CLOSED
 
     async def start_task(
         self, model: str, parameters: Mapping[str, Any], *, start_timeout: float
@@ -135,10 +142,9 @@ class UpstreamConnection:
         :class:`UpstreamUnavailable` when the connection breaks. On any error
         the connection is condemned.
         """
-        if self.state is not ConnectionState.IDLE:
+        if self.state is not _State.IDLE:
             raise RuntimeError(f"{self!r} cannot start a task")
-        self._state = ConnectionState.BUSY
-        self.last_used = time.monotonic()
+        self._state = _State.BUSY
         task = UpstreamTask(self, protocol.ClientTask(protocol.new_task_id(), model, parameters))
         try:
             await self._send(task.protocol.start())
@@ -155,8 +161,8 @@ class UpstreamConnection:
 
     def condemn(self) -> None:
         """Mark the connection unusable and close it in the background (code 1000)."""
-        if self._state is not ConnectionState.CLOSED:
-            self._state = ConnectionState.CLOSED
+        if self._state is not _State.CLOSED:
+            self._state = _State.CLOSED
         if self._close_task is None:
             self._close_task = asyncio.get_running_loop().create_task(self._close())
 
@@ -175,11 +181,10 @@ class UpstreamConnection:
     def _task_ended(self, task: UpstreamTask) -> None:
         """Apply the reuse rule when a task ends."""
         self.tasks_done += 1
-        self.last_used = time.monotonic()
         if task.protocol.state is protocol.TaskState.FINISHED and self._state is not (
-            ConnectionState.CLOSED
+            _State.CLOSED
         ):
-            self._state = ConnectionState.IDLE
+            self._state = _State.IDLE
         else:
             self.condemn()
 
@@ -223,17 +228,6 @@ class UpstreamTask:
     async def finish(self) -> None:
         await self.connection._send(self.protocol.finish())
 
-    async def events(self) -> AsyncIterator[protocol.AudioReceived | protocol.SentenceEvent]:
-        """Yield audio and sentence events until task-finished.
-
-        Raises :class:`UpstreamTaskFailed` on task-failed and
-        :class:`UpstreamUnavailable` when the connection breaks.
-        """
-        while not self.protocol.state.is_over:
-            event = await self.next_event()
-            if isinstance(event, protocol.AudioReceived | protocol.SentenceEvent):
-                yield event
-
     async def next_event(self) -> protocol.ServerEvent | None:
         """Read one frame and return its event (None for another task's late event)."""
         frame = await self.connection._recv()
@@ -254,29 +248,13 @@ class UpstreamTask:
             self._end()
         return event
 
-    async def cancel(self, timeout: float) -> bool:
-        """Cancel the task (§4.4) and wait up to ``timeout`` for task-finished.
-
-        Return True if the connection came back clean (reusable); otherwise
-        it is condemned. Never raises for upstream trouble: cancelling is
-        cleanup.
-        """
-        if self._ended:
-            return self.connection.reusable
-        try:
-            if self.protocol.state in (protocol.TaskState.STREAMING, protocol.TaskState.FINISHING):
-                await self.connection._send(self.protocol.cancel())
-            async with asyncio.timeout(timeout):
-                while not self.protocol.state.is_over:
-                    await self.next_event()  # audio after a cancel is dropped (§4.4)
-        except (TimeoutError, UpstreamTaskFailed, UpstreamUnavailable):
-            pass
-        finally:
-            self.abandon()
-        return self.connection.reusable
-
     def abandon(self) -> None:
-        """End the task here; unless task-finished arrived, the connection is condemned."""
+        """End the task here; unless it ended already, its socket is closed (code 1000).
+
+        Closing the socket is the documented way to stop a running task at once
+        (§7): the cancel directive is not in the official pages, and a server
+        that ignored it would go on synthesizing (and billing).
+        """
         self._end()
 
     def _end(self) -> None:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 from cosyvoice_sidecar_client import AsyncSynthesizerClient
 
-from sidecar.config import ApiKey, Config
+from sidecar.config import OPTIONS, ApiKey, Config
 from sidecar.emulator import Emulator
+from sidecar.pool import PoolPolicy
 from sidecar.server import SidecarServer
 from tests.timing import scaled
 
@@ -30,21 +30,29 @@ async def emulator() -> AsyncIterator[Emulator]:
         await emu.aclose()
 
 
+# Option name (e.g. pool_max_size, acquire_timeout_s) -> field of the nested PoolPolicy.
+_POOL_FIELDS = {o.name: o.policy_field for o in OPTIONS if o.policy_field is not None}
+
+
 def sidecar_config(emulator: Emulator, **overrides: Any) -> Config:
-    """A test configuration pointing at ``emulator``; ``overrides`` replace fields."""
-    base = Config(
-        listen="127.0.0.1:0",
-        upstream_url=emulator.url,
-        api_key=ApiKey(TEST_KEY),
-        pool_min_idle=2,
-        pool_max_size=4,
-        acquire_timeout_s=scaled(2.0),
-        connect_timeout_s=scaled(2.0),
-        start_timeout_s=scaled(2.0),
-        cancel_timeout_s=scaled(1.0),
-        drain_grace_s=scaled(2.0),
-    )
-    return dataclasses.replace(base, **overrides)
+    """A test configuration pointing at ``emulator``.
+
+    ``overrides`` replace fields by their option names: pool settings too
+    (``pool_max_size=1``, ``acquire_timeout_s=0.5``), into the nested policy.
+    """
+    policy: dict[str, Any] = {"min_idle": 2, "max_size": 4, "acquire_timeout_s": scaled(2.0)}
+    for name in [n for n in overrides if n in _POOL_FIELDS]:
+        policy[_POOL_FIELDS[name]] = overrides.pop(name)
+    base: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "upstream_url": emulator.url,
+        "api_key": ApiKey(TEST_KEY),
+        "pool": PoolPolicy(**policy),
+        "connect_timeout_s": scaled(2.0),
+        "start_timeout_s": scaled(2.0),
+        "drain_grace_s": scaled(2.0),
+    }
+    return Config(**{**base, **overrides})
 
 
 @pytest.fixture

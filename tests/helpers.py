@@ -8,7 +8,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,13 @@ from sidecar.emulator import Emulator, TaskRecord
 from sidecar.server import SidecarServer
 from tests.timing import scaled
 
-__all__ = ["assert_pool_settles", "eventually", "require_executable", "task_record"]
+__all__ = [
+    "assert_pool_settles",
+    "eventually",
+    "eventually_async",
+    "require_executable",
+    "task_record",
+]
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
@@ -27,6 +33,17 @@ async def eventually(condition: Callable[[], bool], timeout: float = 5.0, what: 
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met in {scaled(timeout):g}s: {what}")
         await asyncio.sleep(0.01)
+
+
+async def eventually_async(
+    condition: Callable[[], Awaitable[bool]], timeout: float = 5.0, what: str = ""
+) -> None:
+    """Like :func:`eventually` for a condition that must await (e.g. an RPC)."""
+    deadline = time.monotonic() + scaled(timeout)
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met in {scaled(timeout):g}s: {what}")
+        await asyncio.sleep(0.02)
 
 
 async def assert_pool_settles(server: SidecarServer, emulator: Emulator) -> None:

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
+from collections.abc import Sequence
 from typing import Any, Final
 
 from sidecar.emulator.knobs import EmulatorKnobs, KnobError
 from sidecar.emulator.server import Emulator
 
-__all__ = ["add_arguments", "knobs_from_args", "run"]
+__all__ = ["add_arguments", "knobs_from_args", "main", "run"]
 
 # flag, knob, type, help
 _VALUE_FLAGS: Final[tuple[tuple[str, str, type, str], ...]] = (
@@ -159,3 +161,21 @@ async def run(args: argparse.Namespace) -> int:
             loop.remove_signal_handler(sig)
         await emulator.aclose()
     return 0
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Parse ``argv``, serve until a signal; return the exit code."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Run the local DashScope CosyVoice emulator (for development and tests); "
+        "prints 'emulator on URL' on stdout.",
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return asyncio.run(run(args))
+    except KeyboardInterrupt:
+        return 130

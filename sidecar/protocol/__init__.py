@@ -56,15 +56,18 @@ from sidecar.protocol._text import (
     INPUT_TIMEOUT_S,
     MAX_CHARS_PER_MESSAGE,
     MAX_CHARS_PER_TASK,
+    MAX_INSTRUCTION_CHARS,
     count_characters,
     new_task_id,
     split_text,
+    strip_ssml,
 )
 
 __all__ = [
     "INPUT_TIMEOUT_S",
     "MAX_CHARS_PER_MESSAGE",
     "MAX_CHARS_PER_TASK",
+    "MAX_INSTRUCTION_CHARS",
     "AudioReceived",
     "ClientMessage",
     "ClientTask",
@@ -87,6 +90,7 @@ __all__ = [
     "parse_client_frame",
     "result_generated_event",
     "split_text",
+    "strip_ssml",
     "task_failed_event",
     "task_finished_event",
     "task_started_event",

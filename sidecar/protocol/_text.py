@@ -10,14 +10,17 @@ __all__ = [
     "INPUT_TIMEOUT_S",
     "MAX_CHARS_PER_MESSAGE",
     "MAX_CHARS_PER_TASK",
+    "MAX_INSTRUCTION_CHARS",
     "count_characters",
     "new_task_id",
     "split_text",
+    "strip_ssml",
 ]
 
 MAX_CHARS_PER_MESSAGE: Final = 20_000
 MAX_CHARS_PER_TASK: Final = 200_000
 INPUT_TIMEOUT_S: Final = 23.0
+MAX_INSTRUCTION_CHARS: Final = 100  # counted like text (§5)
 
 _SSML_TAG = re.compile(r"<[^<>]*>")
 # Where a long fragment may be cut (§4.2 lets fragments end anywhere, but a cut
@@ -49,6 +52,11 @@ def _is_cjk_ideograph(ch: str) -> bool:
     return any(lo <= code <= hi for lo, hi in _CJK_RANGES)
 
 
+def strip_ssml(text: str) -> str:
+    """Return ``text`` without its SSML tags (what DashScope counts and speaks)."""
+    return _SSML_TAG.sub("", text)
+
+
 def count_characters(text: str, *, ssml: bool = False) -> int:
     """Return the length of ``text`` as DashScope counts it.
 
@@ -56,7 +64,7 @@ def count_characters(text: str, *, ssml: bool = False) -> int:
     do not count (§4.2).
     """
     if ssml:
-        text = _SSML_TAG.sub("", text)
+        text = strip_ssml(text)
     return len(text) + sum(1 for ch in text if _is_cjk_ideograph(ch))
 
 

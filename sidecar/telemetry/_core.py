@@ -1,8 +1,9 @@
 """The :class:`Telemetry` object: one tracer, one meter, every instrument, created once.
 
 The server assembly builds one :class:`Telemetry` and hands it to the pool,
-the servicer and each session through their constructors; nothing reaches
-for a global provider. Without providers it is a no-op whose scopes are
+the servicer and each call through their constructors; nothing reaches for a
+global provider. Its instruments live in ``_instruments``; the scopes it
+hands out write through them. Without providers it is a no-op whose scopes are
 shared, do-nothing singletons, so code and tests that never enable telemetry
 pay one attribute check per call.
 
@@ -23,56 +24,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.propagate import get_global_textmap
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import Link, SpanKind
 
-from sidecar import __version__
 from sidecar.telemetry import _names as n
+from sidecar.telemetry._instruments import Instruments
 from sidecar.telemetry._scopes import Borrow, Connect, Return, return_reason
 from sidecar.telemetry._synthesis import Synthesis
 
 if TYPE_CHECKING:
     import grpc
 
-__all__ = ["PoolCounts", "Telemetry"]
+    from sidecar.pool import PoolStatus
+
+__all__ = ["Telemetry"]
 
 log = logging.getLogger(__name__)
-
-
-class PoolCounts(Protocol):
-    """What the pool's ``status()`` answers (``sidecar.pool.PoolStatus`` fits)."""
-
-    @property
-    def idle(self) -> int: ...
-    @property
-    def busy(self) -> int: ...
-    @property
-    def opening(self) -> int: ...
-    @property
-    def closing(self) -> int: ...
-    @property
-    def waiters(self) -> int: ...
-    @property
-    def max_size(self) -> int: ...
-    @property
-    def min_idle(self) -> int: ...
-    @property
-    def ready(self) -> bool: ...
-    @property
-    def breaker_open(self) -> bool: ...
-    @property
-    def opened_total(self) -> int: ...
-    @property
-    def closed_total(self) -> Mapping[str, int]: ...
-    @property
-    def stale_retries(self) -> int: ...
 
 
 class Telemetry:
@@ -94,17 +67,13 @@ class Telemetry:
         propagator: TextMapPropagator | None = None,
         on_shutdown: Sequence[Callable[[], object]] = (),
     ) -> None:
-        self.tracing = tracer_provider is not None
-        self.metering = meter_provider is not None
-        self.enabled = self.tracing or self.metering
-        self.tracer = (tracer_provider or trace.NoOpTracerProvider()).get_tracer(
-            n.SCOPE, __version__
-        )
-        self.propagator = propagator or get_global_textmap()
+        self.instruments = Instruments(tracer_provider, meter_provider, propagator)
+        self.tracing = self.instruments.tracing
+        self.metering = self.instruments.metering
+        self.enabled = self.instruments.enabled
         self._on_shutdown = list(on_shutdown)
-        self._pools: list[Callable[[], PoolCounts]] = []
-        meter = (meter_provider or metrics.NoOpMeterProvider()).get_meter(n.SCOPE, __version__)
-        self._create_instruments(meter)
+        self._pools: list[Callable[[], PoolStatus]] = []
+        self._observe_pools(self.instruments.meter)
 
     def __repr__(self) -> str:
         on = {True: "on", False: "off"}
@@ -115,39 +84,7 @@ class Telemetry:
         """Return the shared no-op instance (no spans, no measurements)."""
         return _DISABLED
 
-    def _create_instruments(self, meter: metrics.Meter) -> None:
-        buckets = n.LATENCY_BUCKETS_S
-
-        def histogram(name: str, description: str) -> metrics.Histogram:
-            return meter.create_histogram(
-                name, "s", description, explicit_bucket_boundaries_advisory=buckets
-            )
-
-        self.rpc_duration = histogram(
-            n.RPC_SERVER_CALL_DURATION, "Duration of incoming Synthesizer calls."
-        )
-        self.time_to_first_audio = histogram(
-            n.METRIC_TIME_TO_FIRST_AUDIO,
-            "From the call's arrival to the first audio chunk received from DashScope.",
-        )
-        self.synthesis_duration = histogram(
-            n.METRIC_SYNTHESIS_DURATION, "From run-task to the end of the DashScope task."
-        )
-        self.wait_time = histogram(
-            n.METRIC_WAIT_TIME, "Time a call waited for an upstream connection."
-        )
-        self.use_time = histogram(
-            n.METRIC_USE_TIME, "Time between borrowing a connection and returning it."
-        )
-        self.create_time = histogram(
-            n.METRIC_CREATE_TIME, "Time to open one upstream WebSocket (TCP, TLS, upgrade)."
-        )
-        self.tasks = meter.create_counter(
-            n.METRIC_TASKS, "{task}", "DashScope tasks ended, by outcome."
-        )
-        self.timeouts = meter.create_counter(
-            n.METRIC_TIMEOUTS, "{timeout}", "Borrows that gave up: every connection stayed busy."
-        )
+    def _observe_pools(self, meter: metrics.Meter) -> None:
         meter.create_observable_counter(
             n.METRIC_OPENED,
             [self._observe_opened],
@@ -205,23 +142,18 @@ class Telemetry:
 
     # ------------------------------------------------------------- pool gauges
 
-    def watch_pool(self, status: Callable[[], PoolCounts]) -> None:
-        """Report ``status()`` (the pool's counts) through the connection gauges."""
+    def watch_pool(self, status: Callable[[], PoolStatus]) -> None:
+        """Report ``status()`` through the connection gauges.
+
+        The metrics exporter calls it from its own thread: pass something safe
+        to read there, like the pool's published snapshot
+        (:attr:`sidecar.pool.Pool.published`).
+        """
         if self.metering:  # the shared disabled instance must not keep every pool alive
             self._pools.append(status)
 
-    def _statuses(self) -> list[PoolCounts]:
-        # Collection runs on the exporter's thread while the event loop mutates
-        # the pool; a snapshot that races a mutation is retried once, then skipped.
-        out = []
-        for status in self._pools:
-            for _ in range(2):
-                try:
-                    out.append(status())
-                    break
-                except RuntimeError:
-                    continue
-        return out
+    def _statuses(self) -> list[PoolStatus]:
+        return [status() for status in self._pools]
 
     def _observe_counts(self, _: CallbackOptions) -> Iterable[Observation]:
         for s in self._statuses():
@@ -270,18 +202,23 @@ class Telemetry:
             return None
         from sidecar.telemetry._interceptor import TelemetryInterceptor
 
-        return TelemetryInterceptor(self, frozenset(services))
+        return TelemetryInterceptor(self.instruments, frozenset(services))
+
+    def unknown_event(self, name: str) -> None:
+        """Count an upstream event of a name the sidecar does not know (it is ignored)."""
+        if self.metering:
+            self.instruments.unknown_events.add(1, {n.EVENT_NAME: name[:64]})
 
     def tag_call(self, request_id: str) -> None:
         """Put the call's request id on its server span."""
         if self.tracing:
             trace.get_current_span().set_attribute(n.REQUEST_ID, request_id)
 
-    def borrow(self, status: Callable[[], PoolCounts]) -> Borrow:
+    def borrow(self, status: Callable[[], PoolStatus]) -> Borrow:
         """Scope one borrow (``with``); ``status()`` (the pool's counts) is read as it begins."""
         if not self.enabled:
             return _NOOP_BORROW
-        return Borrow(self, status)
+        return Borrow(self.instruments, status)
 
     def synthesis(
         self,
@@ -295,7 +232,7 @@ class Telemetry:
         """Start the synthesis span (ended by :meth:`Synthesis.end`), a child of the current one."""
         if not self.enabled:
             return _NOOP_SYNTHESIS
-        span = self.tracer.start_span(
+        span = self.instruments.tracer.start_span(
             n.SPAN_SYNTHESIS,
             attributes={
                 n.REQUEST_ID: request_id,
@@ -305,7 +242,7 @@ class Telemetry:
                 n.AUDIO_SAMPLE_RATE: sample_rate,
             },
         )
-        return Synthesis(self, span, model=model)
+        return Synthesis(self.instruments, span, model=model)
 
     def returning(
         self,
@@ -325,7 +262,7 @@ class Telemetry:
         if not self.enabled:
             return _NOOP_RETURN
         reason = return_reason(kept=kept, cancelled=cancelled, error=error)
-        return Return(self, connection_id, kept=kept, reason=reason, held_s=held_s)
+        return Return(self.instruments, connection_id, kept=kept, reason=reason, held_s=held_s)
 
     def connecting(self, purpose: str, *, detached: bool, replaces: int | None = None) -> Connect:
         """Scope opening one upstream connection (``with``).
@@ -341,14 +278,15 @@ class Telemetry:
         span = self._span_for(n.SPAN_CONNECT, detached, purpose)
         if replaces is not None:
             span.set_attribute(n.CONNECTION_REPLACES, replaces)
-        return Connect(self, purpose, span)
+        return Connect(self.instruments, purpose, span)
 
     def _span_for(self, name: str, detached: bool, purpose: str) -> trace.Span:
         attributes = {n.CONNECT_PURPOSE: purpose}
+        tracer = self.instruments.tracer
         if not detached:
-            return self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+            return tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
         trigger = trace.get_current_span().get_span_context()
-        return self.tracer.start_span(
+        return tracer.start_span(
             name,
             context=otel_context.Context(),
             kind=SpanKind.CLIENT,
@@ -374,7 +312,7 @@ class Telemetry:
 
 
 _DISABLED = Telemetry()
-_NOOP_BORROW = Borrow(_DISABLED, None)
-_NOOP_SYNTHESIS = Synthesis(_DISABLED, trace.INVALID_SPAN, model="")
-_NOOP_RETURN = Return(_DISABLED, 0, kept=True, reason="", held_s=None)
-_NOOP_CONNECT = Connect(_DISABLED, "", trace.INVALID_SPAN)
+_NOOP_BORROW = Borrow(_DISABLED.instruments, None)
+_NOOP_SYNTHESIS = Synthesis(_DISABLED.instruments, trace.INVALID_SPAN, model="")
+_NOOP_RETURN = Return(_DISABLED.instruments, 0, kept=True, reason="", held_s=None)
+_NOOP_CONNECT = Connect(_DISABLED.instruments, "", trace.INVALID_SPAN)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Final
 
 from sidecar import __version__
-from sidecar.config import ConfigError
+from sidecar.errors import ConfigError
 from sidecar.telemetry._core import Telemetry
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import grpc
 from opentelemetry import context as otel_context
@@ -28,9 +28,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from sidecar.telemetry import _names as n
-
-if TYPE_CHECKING:
-    from sidecar.telemetry._core import Telemetry
+from sidecar.telemetry._instruments import Instruments
 
 __all__ = ["TelemetryInterceptor"]
 
@@ -56,8 +54,8 @@ _SERVER_ERRORS: Final = frozenset(
 class TelemetryInterceptor(grpc.aio.ServerInterceptor):
     """Opens a SERVER span for each call of ``services`` (full names, e.g. ``pkg.Service``)."""
 
-    def __init__(self, telemetry: Telemetry, services: frozenset[str]) -> None:
-        self._t = telemetry
+    def __init__(self, instruments: Instruments, services: frozenset[str]) -> None:
+        self._t = instruments
         self._services = services
 
     async def intercept_service(
@@ -107,8 +105,8 @@ _HANDLER_FACTORIES: Final[dict[tuple[bool, bool], Any]] = {
 class _Call:
     """One intercepted call: its span, made current while the handler runs."""
 
-    def __init__(self, telemetry: Telemetry, method: str, metadata: Any) -> None:
-        self._t = telemetry
+    def __init__(self, instruments: Instruments, method: str, metadata: Any) -> None:
+        self._t = instruments
         self._method = method
         self._metadata = metadata
 

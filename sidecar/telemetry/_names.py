@@ -1,7 +1,8 @@
 """Span, metric and attribute names: the sidecar's telemetry vocabulary in one place.
 
-``rpc.*``, ``error.type`` and ``server.*`` come from the installed
-semantic-conventions package; the rest are ours: ``cosyvoice.*`` for what the
+``rpc.*``, ``error.type`` and ``network.peer.*`` are OpenTelemetry's
+semantic conventions (a test checks them against the installed package); the
+rest are ours: ``cosyvoice.*`` for what the
 sidecar decides (pool, borrow, return, audio delivered), ``dashscope.*`` for
 what the upstream reports (task id, model, voice, billing, error code). No
 name here ever carries the API key or the request text (only its length).
@@ -12,30 +13,16 @@ from __future__ import annotations
 
 from typing import Final
 
-from opentelemetry.semconv._incubating.attributes.rpc_attributes import (
-    RPC_METHOD,
-    RPC_RESPONSE_STATUS_CODE,
-    RPC_SYSTEM_NAME,
-)
-from opentelemetry.semconv._incubating.metrics.rpc_metrics import RPC_SERVER_CALL_DURATION
-from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
-from opentelemetry.semconv.attributes.network_attributes import (
-    NETWORK_PEER_ADDRESS,
-    NETWORK_PEER_PORT,
-)
-from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
-
-__all__ = [
-    "ERROR_TYPE",
-    "NETWORK_PEER_ADDRESS",
-    "NETWORK_PEER_PORT",
-    "RPC_METHOD",
-    "RPC_RESPONSE_STATUS_CODE",
-    "RPC_SERVER_CALL_DURATION",
-    "RPC_SYSTEM_NAME",
-    "SERVER_ADDRESS",
-    "SERVER_PORT",
-]
+# ------------------------------------------- OpenTelemetry semantic conventions
+# Spelled out here rather than imported: the RPC names live in the semantic
+# conventions package's private ``_incubating`` modules, which may move.
+RPC_SYSTEM_NAME: Final = "rpc.system.name"
+RPC_METHOD: Final = "rpc.method"
+RPC_RESPONSE_STATUS_CODE: Final = "rpc.response.status_code"
+RPC_SERVER_CALL_DURATION: Final = "rpc.server.call.duration"
+ERROR_TYPE: Final = "error.type"
+NETWORK_PEER_ADDRESS: Final = "network.peer.address"
+NETWORK_PEER_PORT: Final = "network.peer.port"
 
 # The instrumentation scope of every tracer and meter.
 SCOPE: Final = "cosyvoice-sidecar"
@@ -80,6 +67,8 @@ CONNECT_RESULT: Final = "cosyvoice.connect.result"
 CONNECTION_REPLACES: Final = "cosyvoice.connection.replaces"
 CONNECTION_STATE: Final = "cosyvoice.connection.state"
 CLOSE_REASON: Final = "cosyvoice.connection.close_reason"
+# An upstream event of a name the sidecar does not know.
+EVENT_NAME: Final = "dashscope.event"
 
 # ------------------------------------------- attributes: what DashScope reports
 TASK_ID: Final = "dashscope.task_id"
@@ -87,6 +76,7 @@ MODEL: Final = "dashscope.model"
 VOICE: Final = "dashscope.voice"
 BILLED_CHARACTERS: Final = "dashscope.billed_characters"
 ERROR_CODE: Final = "dashscope.error_code"
+REQUEST_UUID: Final = "dashscope.request_uuid"
 
 # ------------------------------------------------------------------- metrics
 METRIC_TIME_TO_FIRST_AUDIO: Final = "cosyvoice.synthesis.time_to_first_audio"
@@ -105,6 +95,7 @@ METRIC_CLOSED: Final = "cosyvoice.pool.connection.closed"
 METRIC_STALE_RETRIES: Final = "cosyvoice.pool.stale_retries"
 METRIC_READY: Final = "cosyvoice.pool.ready"
 METRIC_BREAKER_OPEN: Final = "cosyvoice.pool.breaker.open"
+METRIC_UNKNOWN_EVENTS: Final = "cosyvoice.upstream.unknown_events"
 
 # Histogram buckets in seconds: a warm borrow takes well under a millisecond,
 # a cold connect tens to hundreds, a long synthesis tens of seconds.

@@ -1,9 +1,9 @@
-"""The scopes the pool opens: borrow, return, connect (the session's is in ``_synthesis``).
+"""The scopes the pool opens: borrow, return, connect (the call's is in ``_synthesis``).
 
 Each records its span attributes and its measurements in one place, so the
 call sites stay one ``with`` and one or two method calls. Every scope is a
-no-op when its :class:`~sidecar.telemetry.Telemetry` is disabled (then the
-shared singletons in ``_core`` are handed out and never change).
+no-op when its :class:`~sidecar.telemetry._instruments.Instruments` are
+disabled (then ``_core`` hands out shared singletons that never change).
 
 A scope makes its span current on ``__enter__`` and detaches it on
 ``__exit__``; the code between must not yield to a caller, which holds for
@@ -31,11 +31,12 @@ from sidecar.errors import (
     UpstreamUnavailable,
 )
 from sidecar.telemetry import _names as n
+from sidecar.telemetry._instruments import Instruments
 
 if TYPE_CHECKING:
     from contextvars import Token
 
-    from sidecar.telemetry._core import PoolCounts, Telemetry
+    from sidecar.pool import PoolStatus
 
 __all__ = [
     "Borrow",
@@ -75,8 +76,8 @@ class _Current:
 class Borrow:
     """The ``borrow`` span and the pool wait-time measurement of one call."""
 
-    def __init__(self, telemetry: Telemetry, status: Callable[[], PoolCounts] | None) -> None:
-        self._t = telemetry
+    def __init__(self, instruments: Instruments, status: Callable[[], PoolStatus] | None) -> None:
+        self._t = instruments
         self._status = status
         self._started = 0.0
         self._result = ""
@@ -157,13 +158,13 @@ def _borrow_result(exc: BaseException | None) -> str:
 def return_reason(*, kept: bool, cancelled: bool, error: BaseException | None) -> str:
     """Name why a connection went back to the pool as it did.
 
-    Kept: ``finished`` (task-finished) or ``cancelled_clean`` (task-finished
-    after a cancel). Discarded: ``task_failed``, ``timeout``,
-    ``connection_lost``, ``cancel_incomplete`` (no task-finished within the
-    cancel bound) or ``closed`` (anything else, e.g. shutdown).
+    Kept: ``finished`` (task-finished). Discarded: ``task_failed``,
+    ``timeout``, ``connection_lost``, ``cancelled`` (the call ended before its
+    task: the socket was closed to stop it) or ``closed`` (anything else, e.g.
+    shutdown).
     """
     if kept:
-        return "cancelled_clean" if cancelled else "finished"
+        return "finished"
     if isinstance(error, UpstreamTaskFailed):
         return "task_failed"
     if isinstance(error, UpstreamTimeout):
@@ -171,7 +172,7 @@ def return_reason(*, kept: bool, cancelled: bool, error: BaseException | None) -
     if isinstance(error, UpstreamUnavailable):
         return "connection_lost"
     if cancelled:
-        return "cancel_incomplete"
+        return "cancelled"
     return "closed"
 
 
@@ -180,14 +181,14 @@ class Return:
 
     def __init__(
         self,
-        telemetry: Telemetry,
+        instruments: Instruments,
         connection_id: int,
         *,
         kept: bool,
         reason: str,
         held_s: float | None,
     ) -> None:
-        self._t = telemetry
+        self._t = instruments
         self._connection_id = connection_id
         self._kept = kept
         self._reason = reason
@@ -225,8 +226,8 @@ class Return:
 class Connect:
     """One upstream connect: its span and the create-time measurement."""
 
-    def __init__(self, telemetry: Telemetry, purpose: str, span: trace.Span) -> None:
-        self._t = telemetry
+    def __init__(self, instruments: Instruments, purpose: str, span: trace.Span) -> None:
+        self._t = instruments
         self._purpose = purpose
         self._current = _Current(span)
         self._started = 0.0

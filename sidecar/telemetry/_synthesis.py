@@ -1,8 +1,9 @@
-"""The ``synthesis`` scope the session opens around one DashScope task.
+"""The ``synthesis`` scope a call opens around one DashScope task.
 
-Unlike the pool's scopes (``_scopes``), the synthesis span lasts across
-``yield``s to the caller, so it is never made current except around the
-short stretches :meth:`Synthesis.activate` wraps.
+Unlike the pool's scopes (``_scopes``), the synthesis span lasts across the
+call's writes to its caller, so it is never made current except around the
+short stretches :meth:`Synthesis.activate` wraps. The call ends it with one
+:class:`TaskReport`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from sidecar.errors import (
     CallerIdle,
+    CallerStalled,
     InvalidRequest,
     PoolClosed,
     TooManyStreams,
@@ -26,12 +28,10 @@ from sidecar.errors import (
     UpstreamUnavailable,
 )
 from sidecar.telemetry import _names as n
+from sidecar.telemetry._instruments import Instruments
 from sidecar.telemetry._scopes import error_status
 
-if TYPE_CHECKING:
-    from sidecar.telemetry._core import Telemetry
-
-__all__ = ["Synthesis", "synthesis_outcome"]
+__all__ = ["Synthesis", "TaskReport"]
 
 # Errors that are the caller's doing or an orderly end: recorded, not a span ERROR.
 _NOT_FAILURES = (
@@ -39,16 +39,52 @@ _NOT_FAILURES = (
     GeneratorExit,
     InvalidRequest,
     CallerIdle,
+    CallerStalled,
     TooManyStreams,
     PoolClosed,
 )
 
 
+@dataclass(frozen=True)
+class TaskReport:
+    """How one task ended and what it delivered.
+
+    ``finished``: task-finished arrived; ``cancelled``: the sidecar stopped the
+    task upstream (the caller left, or the call failed on the sidecar's side);
+    ``outcome_error``: what ended the call early, if anything.
+    """
+
+    finished: bool = False
+    cancelled: bool = False
+    outcome_error: BaseException | None = None
+    billed_characters: int | None = None
+    text_characters: int = 0
+    first_audio_ms: float | None = None
+    audio_bytes: int = 0
+    audio_chunks: int = 0
+    sentences: int = 0
+    request_uuid: str = ""
+
+    @property
+    def outcome(self) -> str:
+        """finished, failed (task-failed), cancelled (stopped by the sidecar), broken (the
+        connection dropped or an upstream bound expired first) or not_started."""
+        if isinstance(self.outcome_error, UpstreamTaskFailed):
+            return "failed"
+        if self.cancelled:
+            return "cancelled"
+        if self.finished:
+            return "finished"
+        if isinstance(self.outcome_error, UpstreamUnavailable | UpstreamTimeout):
+            return "broken"
+        return "not_started"
+
+
 class Synthesis:
     """The ``synthesis`` span of one DashScope task, and the task measurements."""
 
-    def __init__(self, telemetry: Telemetry, span: trace.Span, *, model: str) -> None:
-        self._t = telemetry
+    def __init__(self, instruments: Instruments, span: trace.Span, *, model: str) -> None:
+        self._t = instruments
         self._span = span
         self._model = model
         self._started = time.monotonic()
@@ -67,79 +103,46 @@ class Synthesis:
             otel_context.detach(token)
 
     def started(self, *, task_id: str, connection_id: int) -> None:
-        """Record that DashScope answered task-started."""
+        """Record which task and connection (a task refused at start has an id too)."""
         if self._t.tracing:
             self._span.set_attributes({n.TASK_ID: task_id, n.CONNECTION_ID: connection_id})
 
-    def end(
-        self,
-        *,
-        finished: bool,
-        cancelled: bool,
-        error: BaseException | None,
-        billed_characters: int | None,
-        text_characters: int,
-        first_audio_ms: float | None,
-        audio_bytes: int,
-        audio_chunks: int,
-        sentences: int,
-    ) -> None:
-        """End the span and record the task (once; later calls do nothing).
-
-        ``finished``: task-finished arrived; ``cancelled``: the sidecar
-        cancelled the task upstream (the caller left, or the call failed on
-        the sidecar's side); ``error``: what ended the call early, if
-        anything. The outcome recorded is derived from them (see
-        :func:`synthesis_outcome`).
-        """
+    def end(self, report: TaskReport) -> None:
+        """End the span and record the task (once; later calls do nothing)."""
         if not self._t.enabled or self._ended:
             return
         self._ended = True
-        outcome = synthesis_outcome(finished=finished, cancelled=cancelled, error=error)
-        duration_s = time.monotonic() - self._started
+        outcome = report.outcome
+        error = report.outcome_error
         error_code = error.code if isinstance(error, UpstreamTaskFailed) else None
         counted = {n.SYNTHESIS_OUTCOME: outcome, n.MODEL: self._model}
         if self._t.metering:
             self._t.tasks.add(1, {**counted, n.ERROR_CODE: error_code} if error_code else counted)
-            self._t.synthesis_duration.record(duration_s, counted)
-            if first_audio_ms:
-                self._t.time_to_first_audio.record(first_audio_ms / 1000, {n.MODEL: self._model})
+            self._t.synthesis_duration.record(time.monotonic() - self._started, counted)
+            if report.first_audio_ms:
+                self._t.time_to_first_audio.record(
+                    report.first_audio_ms / 1000, {n.MODEL: self._model}
+                )
         if not self._t.tracing:
             return
         span = self._span
         span.set_attributes(
             {
                 n.SYNTHESIS_OUTCOME: outcome,
-                n.TEXT_CHARACTERS: text_characters,
-                n.AUDIO_BYTES: audio_bytes,
-                n.AUDIO_CHUNKS: audio_chunks,
-                n.SENTENCES: sentences,
+                n.TEXT_CHARACTERS: report.text_characters,
+                n.AUDIO_BYTES: report.audio_bytes,
+                n.AUDIO_CHUNKS: report.audio_chunks,
+                n.SENTENCES: report.sentences,
             }
         )
-        if billed_characters is not None:
-            span.set_attribute(n.BILLED_CHARACTERS, billed_characters)
-        if first_audio_ms:
-            span.set_attribute(n.FIRST_AUDIO_MS, first_audio_ms)
+        if report.billed_characters is not None:
+            span.set_attribute(n.BILLED_CHARACTERS, report.billed_characters)
+        if report.first_audio_ms:
+            span.set_attribute(n.FIRST_AUDIO_MS, report.first_audio_ms)
+        if report.request_uuid:
+            span.set_attribute(n.REQUEST_UUID, report.request_uuid)
         if error_code:
             span.set_attribute(n.ERROR_CODE, error_code)
         if error is not None:
             error_status(span, error, failed=not isinstance(error, _NOT_FAILURES))
         span.end()
-
-
-def synthesis_outcome(*, finished: bool, cancelled: bool, error: BaseException | None) -> str:
-    """Name how a task ended: finished, failed, cancelled, broken or not_started.
-
-    failed: DashScope answered task-failed; cancelled: the sidecar cancelled
-    it; broken: the connection dropped or an upstream bound expired first;
-    not_started: it ended before task-started for another reason.
-    """
-    if isinstance(error, UpstreamTaskFailed):
-        return "failed"
-    if cancelled:
-        return "cancelled"
-    if finished:
-        return "finished"
-    if isinstance(error, UpstreamUnavailable | UpstreamTimeout):
-        return "broken"
-    return "not_started"

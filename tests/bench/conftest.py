@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cosyvoice_sidecar_bench.loadgen import GO_SOURCE
 
-from sidecar.bench.loadgen import GO_SOURCE
 from tests.helpers import require_executable
 
 

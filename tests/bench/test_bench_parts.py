@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from sidecar.bench.budget import budget_tables
-from sidecar.bench.runner import BenchSettings, schedule
-from sidecar.bench.stats import RunResult, aggregate, percentile
-from sidecar.bench.targets import targets
-from sidecar.bench.workload import DEFAULT_TEXT, Workload, split_fragments
+from cosyvoice_sidecar_bench.budget import budget_tables
+from cosyvoice_sidecar_bench.runner import BenchSettings, schedule
+from cosyvoice_sidecar_bench.stats import RunResult, aggregate, percentile
+from cosyvoice_sidecar_bench.targets import targets
+from cosyvoice_sidecar_bench.workload import DEFAULT_TEXT, Workload, split_fragments
+
 from sidecar.emulator import EmulatorKnobs
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cosyvoice_sidecar_bench.runner import DEFAULT_MODES
 
-from sidecar.bench.runner import DEFAULT_MODES
 from tests.timing import scaled
 
 PERCENTILES = {"p50", "p90", "p99", "max"}
@@ -53,7 +53,7 @@ def _bench(
     *args: str, timeout: float, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603 - this interpreter, no shell
-        [sys.executable, "-m", "sidecar.bench", *args],
+        [sys.executable, "-m", "cosyvoice_sidecar_bench", *args],
         capture_output=True,
         text=True,
         timeout=scaled(timeout),
@@ -147,7 +147,10 @@ def test_quick_bench_on_the_python_load_generator(tmp_path: Path) -> None:
     done = _bench(*args, "--json", str(out), timeout=90)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "building the Go load generator" not in done.stderr
-    assert "driven by the Python load generator (python -m sidecar.bench.worker" in done.stdout
+    assert (
+        "driven by the Python load generator (python -m cosyvoice_sidecar_bench.worker"
+        in done.stdout
+    )
     report = json.loads(out.read_text())
     assert report["settings"]["loadgen"] == "python"
     assert report["loadgen"]["name"] == "python"
@@ -173,7 +176,7 @@ def test_plot_without_matplotlib_fails_clearly(tmp_path: Path) -> None:
     """--plot names the missing optional dependency and exits 2 before starting anything."""
     code = (
         "import sys; sys.modules['matplotlib'] = None\n"
-        "from sidecar.bench.__main__ import main\n"
+        "from cosyvoice_sidecar_bench.__main__ import main\n"
         f"sys.exit(main(['--quick', '--plot', {str(tmp_path / 'x.png')!r}]))"
     )
     done = subprocess.run(  # noqa: S603 - this interpreter, no shell

@@ -2,7 +2,7 @@
 
 Both load generators run the same spec (``WorkerSpec.to_json``, as the bench
 writes it) against one real sidecar subprocess on its embedded emulator,
-through the bench's own :class:`~sidecar.bench.procs.Child`; their ``ready``
+through the bench's own :class:`~cosyvoice_sidecar_bench.procs.Child`; their ``ready``
 lines must be equal and their ``result`` lines must carry the same keys, in
 the same order, with values of the same kind and units.
 """
@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cosyvoice_sidecar_bench.loadgen import Loadgen, prepare
+from cosyvoice_sidecar_bench.procs import Child, EmulatorClient
+from cosyvoice_sidecar_bench.worker import WorkerSpec
+from cosyvoice_sidecar_bench.workload import DEFAULT_TEXT, Workload
 
-from sidecar.bench.loadgen import Loadgen, prepare
-from sidecar.bench.procs import Child, EmulatorClient
-from sidecar.bench.worker import WorkerSpec
-from sidecar.bench.workload import DEFAULT_TEXT, Workload
 from tests.processes import Process
 from tests.timing import scaled
 

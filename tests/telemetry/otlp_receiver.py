@@ -12,11 +12,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
+from cosyvoice_sidecar_bench.otlp_sink import add_otlp_services
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metrics_pb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
-
-from sidecar.bench.otlp_sink import add_otlp_services
 
 __all__ = ["OtlpReceiver", "otlp_receiver", "span_attributes"]
 

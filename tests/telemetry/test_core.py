@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sidecar.server import SidecarServer
-from sidecar.telemetry import Telemetry
+from sidecar.telemetry import TaskReport, Telemetry
 
 
 async def test_a_server_without_telemetry_leaves_the_shared_instance_untouched(
@@ -29,15 +29,5 @@ def test_disabled_scopes_are_shared_singletons() -> None:
     assert off.connecting("warm", detached=True) is off.connecting("caller", detached=False)
     with off.borrow(lambda: None) as borrow:  # type: ignore[arg-type,return-value]
         borrow.borrowed(connection_id=1, warm=True, wait_ms=0.0)
-    synthesis.end(
-        finished=True,
-        cancelled=False,
-        error=None,
-        billed_characters=1,
-        text_characters=1,
-        first_audio_ms=1.0,
-        audio_bytes=1,
-        audio_chunks=1,
-        sentences=1,
-    )
+    synthesis.end(TaskReport(finished=True, billed_characters=1, audio_bytes=1))
     assert repr(off) == "<Telemetry tracing=off metrics=off>"

@@ -238,13 +238,13 @@ async def test_cancelled_stream_span_tree(
     assert synthesis["error.type"] == "CancelledError"
     assert synthesis_span.status.status_code is StatusCode.UNSET
     await eventually(
-        lambda: task_record(emulator, first.started.task_id).outcome == "cancelled",
-        what=f"the emulator records the cancel: {task_record(emulator, first.started.task_id)}",
+        lambda: task_record(emulator, first.started.task_id).outcome == "abandoned",
+        what=f"the emulator sees the socket close: {task_record(emulator, first.started.task_id)}",
     )
 
     returned = attrs(only(in_trace(otel, TRACE_ID, "return")))
-    assert returned["cosyvoice.return.result"] == "returned"
-    assert returned["cosyvoice.return.reason"] == "cancelled_clean"
+    assert returned["cosyvoice.return.result"] == "discarded"
+    assert returned["cosyvoice.return.reason"] == "cancelled"
     await assert_pool_settles(server, emulator)
     tasks = otel.metrics()["cosyvoice.synthesis.tasks"]
     assert point_value(tasks, **{"cosyvoice.synthesis.outcome": "cancelled"}) == 1

@@ -190,10 +190,12 @@ type StreamingSynthesizeRequest_Config struct {
 
 type StreamingSynthesizeRequest_Text struct {
 	// A fragment of text, UTF-8, of any length and any boundary (it need not
-	// be a sentence). Must not be empty. The server splits it into several
-	// upstream messages when it exceeds DashScope's 20,000-character message
-	// limit; the whole stream may carry at most 200,000 characters (CJK
-	// ideographs count 2, every other character 1).
+	// be a sentence). A fragment with no letter or digit (empty, spaces,
+	// punctuation) is held and sent in front of the next fragment that has
+	// one, so nothing unspeakable is billed. The server splits a fragment into
+	// several upstream messages when it exceeds DashScope's 20,000-character
+	// message limit; the whole stream may carry at most 200,000 characters
+	// (CJK ideographs count 2, every other character 1).
 	Text string `protobuf:"bytes,2,opt,name=text,proto3,oneof"`
 }
 
@@ -297,7 +299,8 @@ type SynthesizeRequest struct {
 	// The synthesis settings; unset means every server-side default.
 	Config *SynthesisConfig `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
 	// The text to speak, UTF-8, 1 to 200,000 characters (CJK ideographs count
-	// 2, every other character 1; SSML tags do not count).
+	// 2, every other character 1; SSML tags do not count), with at least one
+	// letter or digit: text with nothing to speak is INVALID_ARGUMENT.
 	Text          string `protobuf:"bytes,2,opt,name=text,proto3" json:"text,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -353,11 +356,13 @@ func (x *SynthesizeRequest) GetText() string {
 // anything is sent upstream.
 type SynthesisConfig struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// DashScope model, e.g. "cosyvoice-v3-flash". Empty: the server default
+	// DashScope model, e.g. "cosyvoice-v3-flash": letters, digits, ".", "_"
+	// and "-", at most 64 characters. Empty: the server default
 	// (`--default-model`).
 	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
 	// System voice (e.g. "longanyang") or cloned voice id; its generation must
-	// match the model's. Empty: the server default (`--default-voice`).
+	// match the model's. Letters, digits, ".", "_" and "-", at most 128
+	// characters. Empty: the server default (`--default-voice`).
 	Voice string `protobuf:"bytes,2,opt,name=voice,proto3" json:"voice,omitempty"`
 	// Output format. Unspecified: the server default (`--default-format`).
 	Format AudioFormat `protobuf:"varint,3,opt,name=format,proto3,enum=cosyvoice.sidecar.v1.AudioFormat" json:"format,omitempty"`
@@ -374,10 +379,12 @@ type SynthesisConfig struct {
 	// Unset: 0. Not supported by cosyvoice-v1.
 	Seed *int32 `protobuf:"varint,8,opt,name=seed,proto3,oneof" json:"seed,omitempty"`
 	// Dialect, emotion or role instruction in DashScope's fixed format, at most
-	// 128 characters. Only for voices that support instructions.
+	// 100 characters as DashScope counts them (CJK ideographs count 2), no
+	// control characters. Only for voices that support instructions.
 	Instruction string `protobuf:"bytes,9,opt,name=instruction,proto3" json:"instruction,omitempty"`
 	// Language hints such as "zh" or "en"; DashScope uses only the first one.
-	// At most 8 entries.
+	// At most 8 entries, each a language code of letters and dashes (at most
+	// 16 characters).
 	LanguageHints []string `protobuf:"bytes,10,rep,name=language_hints,json=languageHints,proto3" json:"language_hints,omitempty"`
 	// The text is SSML. DashScope then accepts exactly one text message per
 	// task, so a stream may carry only one `text` fragment.
@@ -389,11 +396,16 @@ type SynthesisConfig struct {
 	// Unset: 32.
 	OpusBitRateKbps *int32 `protobuf:"varint,13,opt,name=opus_bit_rate_kbps,json=opusBitRateKbps,proto3,oneof" json:"opus_bit_rate_kbps,omitempty"`
 	// Further run-task parameters passed through verbatim, for DashScope
-	// options this proto does not name yet (e.g. "enable_aigc_tag"). A key
-	// that a named field above controls is rejected with INVALID_ARGUMENT.
+	// options this proto does not name yet (e.g. "enable_aigc_tag"). Whole
+	// numbers are sent as JSON integers. A key that a named field above
+	// controls, NaN or infinity, nesting deeper than 8 levels or more than
+	// 16 KiB of JSON is rejected with INVALID_ARGUMENT.
 	ExtraParameters *structpb.Struct `protobuf:"bytes,14,opt,name=extra_parameters,json=extraParameters,proto3" json:"extra_parameters,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Ask for phoneme timings inside the word timings (implies
+	// `word_timestamps`). Only some voices support them.
+	PhonemeTimestamps bool `protobuf:"varint,15,opt,name=phoneme_timestamps,json=phonemeTimestamps,proto3" json:"phoneme_timestamps,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *SynthesisConfig) Reset() {
@@ -522,6 +534,13 @@ func (x *SynthesisConfig) GetExtraParameters() *structpb.Struct {
 		return x.ExtraParameters
 	}
 	return nil
+}
+
+func (x *SynthesisConfig) GetPhonemeTimestamps() bool {
+	if x != nil {
+		return x.PhonemeTimestamps
+	}
+	return false
 }
 
 // One message of the server side of both RPCs.
@@ -850,8 +869,14 @@ type SentenceTiming struct {
 	// The sentence's original text, when the upstream reports it.
 	Text string `protobuf:"bytes,2,opt,name=text,proto3" json:"text,omitempty"`
 	// Word timings; empty unless `word_timestamps` was requested and the voice
-	// supports it.
-	Words         []*WordTiming `protobuf:"bytes,3,rep,name=words,proto3" json:"words,omitempty"`
+	// supports it. DashScope may report them only when the task finishes: then
+	// the sentence's timing is sent again, with its words, before `completed`
+	// (at most once with words per sentence).
+	Words []*WordTiming `protobuf:"bytes,3,rep,name=words,proto3" json:"words,omitempty"`
+	// Start of the sentence in the audio, in milliseconds, when reported.
+	BeginMs *uint32 `protobuf:"varint,4,opt,name=begin_ms,json=beginMs,proto3,oneof" json:"begin_ms,omitempty"`
+	// End of the sentence in the audio, in milliseconds, when reported.
+	EndMs         *uint32 `protobuf:"varint,5,opt,name=end_ms,json=endMs,proto3,oneof" json:"end_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -907,6 +932,20 @@ func (x *SentenceTiming) GetWords() []*WordTiming {
 	return nil
 }
 
+func (x *SentenceTiming) GetBeginMs() uint32 {
+	if x != nil && x.BeginMs != nil {
+		return *x.BeginMs
+	}
+	return 0
+}
+
+func (x *SentenceTiming) GetEndMs() uint32 {
+	if x != nil && x.EndMs != nil {
+		return *x.EndMs
+	}
+	return 0
+}
+
 // Timing of one word within a sentence.
 type WordTiming struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -919,7 +958,9 @@ type WordTiming struct {
 	// Start of the word in the audio, in milliseconds.
 	BeginMs uint32 `protobuf:"varint,4,opt,name=begin_ms,json=beginMs,proto3" json:"begin_ms,omitempty"`
 	// End of the word in the audio, in milliseconds.
-	EndMs         uint32 `protobuf:"varint,5,opt,name=end_ms,json=endMs,proto3" json:"end_ms,omitempty"`
+	EndMs uint32 `protobuf:"varint,5,opt,name=end_ms,json=endMs,proto3" json:"end_ms,omitempty"`
+	// Phoneme timings, when `phoneme_timestamps` was requested.
+	Phonemes      []*PhonemeTiming `protobuf:"bytes,6,rep,name=phonemes,proto3" json:"phonemes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -989,6 +1030,86 @@ func (x *WordTiming) GetEndMs() uint32 {
 	return 0
 }
 
+func (x *WordTiming) GetPhonemes() []*PhonemeTiming {
+	if x != nil {
+		return x.Phonemes
+	}
+	return nil
+}
+
+// Timing of one phoneme within a word.
+type PhonemeTiming struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The phoneme (pinyin syllable or phone, as DashScope reports it).
+	Text string `protobuf:"bytes,1,opt,name=text,proto3" json:"text,omitempty"`
+	// The tone, when DashScope reports one (e.g. "1" to "5" for Mandarin).
+	Tone string `protobuf:"bytes,2,opt,name=tone,proto3" json:"tone,omitempty"`
+	// Start of the phoneme in the audio, in milliseconds.
+	BeginMs uint32 `protobuf:"varint,3,opt,name=begin_ms,json=beginMs,proto3" json:"begin_ms,omitempty"`
+	// End of the phoneme in the audio, in milliseconds.
+	EndMs         uint32 `protobuf:"varint,4,opt,name=end_ms,json=endMs,proto3" json:"end_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PhonemeTiming) Reset() {
+	*x = PhonemeTiming{}
+	mi := &file_cosyvoice_sidecar_v1_synthesizer_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PhonemeTiming) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PhonemeTiming) ProtoMessage() {}
+
+func (x *PhonemeTiming) ProtoReflect() protoreflect.Message {
+	mi := &file_cosyvoice_sidecar_v1_synthesizer_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PhonemeTiming.ProtoReflect.Descriptor instead.
+func (*PhonemeTiming) Descriptor() ([]byte, []int) {
+	return file_cosyvoice_sidecar_v1_synthesizer_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *PhonemeTiming) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+func (x *PhonemeTiming) GetTone() string {
+	if x != nil {
+		return x.Tone
+	}
+	return ""
+}
+
+func (x *PhonemeTiming) GetBeginMs() uint32 {
+	if x != nil {
+		return x.BeginMs
+	}
+	return 0
+}
+
+func (x *PhonemeTiming) GetEndMs() uint32 {
+	if x != nil {
+		return x.EndMs
+	}
+	return 0
+}
+
 // A `flush` request has been passed upstream.
 type FlushAcknowledged struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1000,7 +1121,7 @@ type FlushAcknowledged struct {
 
 func (x *FlushAcknowledged) Reset() {
 	*x = FlushAcknowledged{}
-	mi := &file_cosyvoice_sidecar_v1_synthesizer_proto_msgTypes[10]
+	mi := &file_cosyvoice_sidecar_v1_synthesizer_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1012,7 +1133,7 @@ func (x *FlushAcknowledged) String() string {
 func (*FlushAcknowledged) ProtoMessage() {}
 
 func (x *FlushAcknowledged) ProtoReflect() protoreflect.Message {
-	mi := &file_cosyvoice_sidecar_v1_synthesizer_proto_msgTypes[10]
+	mi := &file_cosyvoice_sidecar_v1_synthesizer_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1025,7 +1146,7 @@ func (x *FlushAcknowledged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlushAcknowledged.ProtoReflect.Descriptor instead.
 func (*FlushAcknowledged) Descriptor() ([]byte, []int) {
-	return file_cosyvoice_sidecar_v1_synthesizer_proto_rawDescGZIP(), []int{10}
+	return file_cosyvoice_sidecar_v1_synthesizer_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *FlushAcknowledged) GetAudioChunksBefore() uint64 {
@@ -1038,7 +1159,8 @@ func (x *FlushAcknowledged) GetAudioChunksBefore() uint64 {
 // The call completed: every audio byte has been sent.
 type Completed struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Characters DashScope bills for this task (its `usage.characters`).
+	// Characters DashScope bills for this task (the last `usage.characters`
+	// it reported).
 	BilledCharacters uint32 `protobuf:"varint,1,opt,name=billed_characters,json=billedCharacters,proto3" json:"billed_characters,omitempty"`
 	// From the start of the call to the first audio byte received from the
 	// upstream, in milliseconds; includes pool wait. 0 if there was no audio.
@@ -1049,14 +1171,17 @@ type Completed struct {
 	// Total audio bytes sent.
 	AudioBytes uint64 `protobuf:"varint,4,opt,name=audio_bytes,json=audioBytes,proto3" json:"audio_bytes,omitempty"`
 	// Total audio chunks sent.
-	AudioChunks   uint64 `protobuf:"varint,5,opt,name=audio_chunks,json=audioChunks,proto3" json:"audio_chunks,omitempty"`
+	AudioChunks uint64 `protobuf:"varint,5,opt,name=audio_chunks,json=audioChunks,proto3" json:"audio_chunks,omitempty"`
+	// DashScope's request id of the task (its `request_uuid`), when reported:
+	// the id Alibaba Cloud support asks for, with `started.task_id`.
+	RequestUuid   string `protobuf:"bytes,6,opt,name=request_uuid,json=requestUuid,proto3" json:"request_uuid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Completed) Reset() {
 	*x = Completed{}
-	mi := &file_cosyvoice_sidecar_v1_synthesizer_proto_msgTypes[11]
+	mi := &file_cosyvoice_sidecar_v1_synthesizer_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1068,7 +1193,7 @@ func (x *Completed) String() string {
 func (*Completed) ProtoMessage() {}
 
 func (x *Completed) ProtoReflect() protoreflect.Message {
-	mi := &file_cosyvoice_sidecar_v1_synthesizer_proto_msgTypes[11]
+	mi := &file_cosyvoice_sidecar_v1_synthesizer_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1081,7 +1206,7 @@ func (x *Completed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Completed.ProtoReflect.Descriptor instead.
 func (*Completed) Descriptor() ([]byte, []int) {
-	return file_cosyvoice_sidecar_v1_synthesizer_proto_rawDescGZIP(), []int{11}
+	return file_cosyvoice_sidecar_v1_synthesizer_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Completed) GetBilledCharacters() uint32 {
@@ -1119,6 +1244,13 @@ func (x *Completed) GetAudioChunks() uint64 {
 	return 0
 }
 
+func (x *Completed) GetRequestUuid() string {
+	if x != nil {
+		return x.RequestUuid
+	}
+	return ""
+}
+
 var File_cosyvoice_sidecar_v1_synthesizer_proto protoreflect.FileDescriptor
 
 const file_cosyvoice_sidecar_v1_synthesizer_proto_rawDesc = "" +
@@ -1134,7 +1266,7 @@ const file_cosyvoice_sidecar_v1_synthesizer_proto_rawDesc = "" +
 	"\x06Finish\"f\n" +
 	"\x11SynthesizeRequest\x12=\n" +
 	"\x06config\x18\x01 \x01(\v2%.cosyvoice.sidecar.v1.SynthesisConfigR\x06config\x12\x12\n" +
-	"\x04text\x18\x02 \x01(\tR\x04text\"\xcf\x04\n" +
+	"\x04text\x18\x02 \x01(\tR\x04text\"\xfe\x04\n" +
 	"\x0fSynthesisConfig\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x14\n" +
 	"\x05voice\x18\x02 \x01(\tR\x05voice\x129\n" +
@@ -1151,7 +1283,8 @@ const file_cosyvoice_sidecar_v1_synthesizer_proto_rawDesc = "" +
 	"enableSsml\x12'\n" +
 	"\x0fword_timestamps\x18\f \x01(\bR\x0ewordTimestamps\x120\n" +
 	"\x12opus_bit_rate_kbps\x18\r \x01(\x05H\x04R\x0fopusBitRateKbps\x88\x01\x01\x12B\n" +
-	"\x10extra_parameters\x18\x0e \x01(\v2\x17.google.protobuf.StructR\x0fextraParametersB\t\n" +
+	"\x10extra_parameters\x18\x0e \x01(\v2\x17.google.protobuf.StructR\x0fextraParameters\x12-\n" +
+	"\x12phoneme_timestamps\x18\x0f \x01(\bR\x11phonemeTimestampsB\t\n" +
 	"\a_volumeB\a\n" +
 	"\x05_rateB\b\n" +
 	"\x06_pitchB\a\n" +
@@ -1181,11 +1314,15 @@ const file_cosyvoice_sidecar_v1_synthesizer_proto_rawDesc = "" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x1a\n" +
 	"\bsequence\x18\x02 \x01(\x04R\bsequence\x12\x1f\n" +
 	"\vduration_ms\x18\x03 \x01(\x01R\n" +
-	"durationMs\"r\n" +
+	"durationMs\"\xc6\x01\n" +
 	"\x0eSentenceTiming\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\x126\n" +
-	"\x05words\x18\x03 \x03(\v2 .cosyvoice.sidecar.v1.WordTimingR\x05words\"\x90\x01\n" +
+	"\x05words\x18\x03 \x03(\v2 .cosyvoice.sidecar.v1.WordTimingR\x05words\x12\x1e\n" +
+	"\bbegin_ms\x18\x04 \x01(\rH\x00R\abeginMs\x88\x01\x01\x12\x1a\n" +
+	"\x06end_ms\x18\x05 \x01(\rH\x01R\x05endMs\x88\x01\x01B\v\n" +
+	"\t_begin_msB\t\n" +
+	"\a_end_ms\"\xd1\x01\n" +
 	"\n" +
 	"WordTiming\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12\x1f\n" +
@@ -1193,16 +1330,23 @@ const file_cosyvoice_sidecar_v1_synthesizer_proto_rawDesc = "" +
 	"beginIndex\x12\x1b\n" +
 	"\tend_index\x18\x03 \x01(\rR\bendIndex\x12\x19\n" +
 	"\bbegin_ms\x18\x04 \x01(\rR\abeginMs\x12\x15\n" +
-	"\x06end_ms\x18\x05 \x01(\rR\x05endMs\"C\n" +
+	"\x06end_ms\x18\x05 \x01(\rR\x05endMs\x12?\n" +
+	"\bphonemes\x18\x06 \x03(\v2#.cosyvoice.sidecar.v1.PhonemeTimingR\bphonemes\"i\n" +
+	"\rPhonemeTiming\x12\x12\n" +
+	"\x04text\x18\x01 \x01(\tR\x04text\x12\x12\n" +
+	"\x04tone\x18\x02 \x01(\tR\x04tone\x12\x19\n" +
+	"\bbegin_ms\x18\x03 \x01(\rR\abeginMs\x12\x15\n" +
+	"\x06end_ms\x18\x04 \x01(\rR\x05endMs\"C\n" +
 	"\x11FlushAcknowledged\x12.\n" +
-	"\x13audio_chunks_before\x18\x01 \x01(\x04R\x11audioChunksBefore\"\xce\x01\n" +
+	"\x13audio_chunks_before\x18\x01 \x01(\x04R\x11audioChunksBefore\"\xf1\x01\n" +
 	"\tCompleted\x12+\n" +
 	"\x11billed_characters\x18\x01 \x01(\rR\x10billedCharacters\x12$\n" +
 	"\x0efirst_audio_ms\x18\x02 \x01(\x01R\ffirstAudioMs\x12*\n" +
 	"\x11audio_duration_ms\x18\x03 \x01(\x01R\x0faudioDurationMs\x12\x1f\n" +
 	"\vaudio_bytes\x18\x04 \x01(\x04R\n" +
 	"audioBytes\x12!\n" +
-	"\faudio_chunks\x18\x05 \x01(\x04R\vaudioChunks*\x84\x01\n" +
+	"\faudio_chunks\x18\x05 \x01(\x04R\vaudioChunks\x12!\n" +
+	"\frequest_uuid\x18\x06 \x01(\tR\vrequestUuid*\x84\x01\n" +
 	"\vAudioFormat\x12\x1c\n" +
 	"\x18AUDIO_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10AUDIO_FORMAT_PCM\x10\x01\x12\x14\n" +
@@ -1228,7 +1372,7 @@ func file_cosyvoice_sidecar_v1_synthesizer_proto_rawDescGZIP() []byte {
 }
 
 var file_cosyvoice_sidecar_v1_synthesizer_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_cosyvoice_sidecar_v1_synthesizer_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_cosyvoice_sidecar_v1_synthesizer_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_cosyvoice_sidecar_v1_synthesizer_proto_goTypes = []any{
 	(AudioFormat)(0),                   // 0: cosyvoice.sidecar.v1.AudioFormat
 	(*StreamingSynthesizeRequest)(nil), // 1: cosyvoice.sidecar.v1.StreamingSynthesizeRequest
@@ -1241,9 +1385,10 @@ var file_cosyvoice_sidecar_v1_synthesizer_proto_goTypes = []any{
 	(*AudioChunk)(nil),                 // 8: cosyvoice.sidecar.v1.AudioChunk
 	(*SentenceTiming)(nil),             // 9: cosyvoice.sidecar.v1.SentenceTiming
 	(*WordTiming)(nil),                 // 10: cosyvoice.sidecar.v1.WordTiming
-	(*FlushAcknowledged)(nil),          // 11: cosyvoice.sidecar.v1.FlushAcknowledged
-	(*Completed)(nil),                  // 12: cosyvoice.sidecar.v1.Completed
-	(*structpb.Struct)(nil),            // 13: google.protobuf.Struct
+	(*PhonemeTiming)(nil),              // 11: cosyvoice.sidecar.v1.PhonemeTiming
+	(*FlushAcknowledged)(nil),          // 12: cosyvoice.sidecar.v1.FlushAcknowledged
+	(*Completed)(nil),                  // 13: cosyvoice.sidecar.v1.Completed
+	(*structpb.Struct)(nil),            // 14: google.protobuf.Struct
 }
 var file_cosyvoice_sidecar_v1_synthesizer_proto_depIdxs = []int32{
 	5,  // 0: cosyvoice.sidecar.v1.StreamingSynthesizeRequest.config:type_name -> cosyvoice.sidecar.v1.SynthesisConfig
@@ -1251,23 +1396,24 @@ var file_cosyvoice_sidecar_v1_synthesizer_proto_depIdxs = []int32{
 	3,  // 2: cosyvoice.sidecar.v1.StreamingSynthesizeRequest.finish:type_name -> cosyvoice.sidecar.v1.Finish
 	5,  // 3: cosyvoice.sidecar.v1.SynthesizeRequest.config:type_name -> cosyvoice.sidecar.v1.SynthesisConfig
 	0,  // 4: cosyvoice.sidecar.v1.SynthesisConfig.format:type_name -> cosyvoice.sidecar.v1.AudioFormat
-	13, // 5: cosyvoice.sidecar.v1.SynthesisConfig.extra_parameters:type_name -> google.protobuf.Struct
+	14, // 5: cosyvoice.sidecar.v1.SynthesisConfig.extra_parameters:type_name -> google.protobuf.Struct
 	7,  // 6: cosyvoice.sidecar.v1.SynthesizeResponse.started:type_name -> cosyvoice.sidecar.v1.Started
 	8,  // 7: cosyvoice.sidecar.v1.SynthesizeResponse.audio:type_name -> cosyvoice.sidecar.v1.AudioChunk
 	9,  // 8: cosyvoice.sidecar.v1.SynthesizeResponse.sentence:type_name -> cosyvoice.sidecar.v1.SentenceTiming
-	11, // 9: cosyvoice.sidecar.v1.SynthesizeResponse.flushed:type_name -> cosyvoice.sidecar.v1.FlushAcknowledged
-	12, // 10: cosyvoice.sidecar.v1.SynthesizeResponse.completed:type_name -> cosyvoice.sidecar.v1.Completed
+	12, // 9: cosyvoice.sidecar.v1.SynthesizeResponse.flushed:type_name -> cosyvoice.sidecar.v1.FlushAcknowledged
+	13, // 10: cosyvoice.sidecar.v1.SynthesizeResponse.completed:type_name -> cosyvoice.sidecar.v1.Completed
 	0,  // 11: cosyvoice.sidecar.v1.Started.format:type_name -> cosyvoice.sidecar.v1.AudioFormat
 	10, // 12: cosyvoice.sidecar.v1.SentenceTiming.words:type_name -> cosyvoice.sidecar.v1.WordTiming
-	1,  // 13: cosyvoice.sidecar.v1.Synthesizer.StreamingSynthesize:input_type -> cosyvoice.sidecar.v1.StreamingSynthesizeRequest
-	4,  // 14: cosyvoice.sidecar.v1.Synthesizer.Synthesize:input_type -> cosyvoice.sidecar.v1.SynthesizeRequest
-	6,  // 15: cosyvoice.sidecar.v1.Synthesizer.StreamingSynthesize:output_type -> cosyvoice.sidecar.v1.SynthesizeResponse
-	6,  // 16: cosyvoice.sidecar.v1.Synthesizer.Synthesize:output_type -> cosyvoice.sidecar.v1.SynthesizeResponse
-	15, // [15:17] is the sub-list for method output_type
-	13, // [13:15] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	11, // 13: cosyvoice.sidecar.v1.WordTiming.phonemes:type_name -> cosyvoice.sidecar.v1.PhonemeTiming
+	1,  // 14: cosyvoice.sidecar.v1.Synthesizer.StreamingSynthesize:input_type -> cosyvoice.sidecar.v1.StreamingSynthesizeRequest
+	4,  // 15: cosyvoice.sidecar.v1.Synthesizer.Synthesize:input_type -> cosyvoice.sidecar.v1.SynthesizeRequest
+	6,  // 16: cosyvoice.sidecar.v1.Synthesizer.StreamingSynthesize:output_type -> cosyvoice.sidecar.v1.SynthesizeResponse
+	6,  // 17: cosyvoice.sidecar.v1.Synthesizer.Synthesize:output_type -> cosyvoice.sidecar.v1.SynthesizeResponse
+	16, // [16:18] is the sub-list for method output_type
+	14, // [14:16] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_cosyvoice_sidecar_v1_synthesizer_proto_init() }
@@ -1289,13 +1435,14 @@ func file_cosyvoice_sidecar_v1_synthesizer_proto_init() {
 		(*SynthesizeResponse_Flushed)(nil),
 		(*SynthesizeResponse_Completed)(nil),
 	}
+	file_cosyvoice_sidecar_v1_synthesizer_proto_msgTypes[8].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cosyvoice_sidecar_v1_synthesizer_proto_rawDesc), len(file_cosyvoice_sidecar_v1_synthesizer_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -39,17 +39,23 @@ const (
 // DashScope task and returns it to the pool only after the task finished
 // cleanly, so the first audio packet does not pay for TCP + TLS + upgrade.
 //
-// Errors are gRPC statuses: INVALID_ARGUMENT for bad requests (the message
-// names the field), RESOURCE_EXHAUSTED when the pool or the upstream quota is
-// full, UNAVAILABLE when the upstream cannot be reached, DEADLINE_EXCEEDED
-// when the call's deadline expires. An upstream `task-failed` keeps its
-// DashScope error code in the status message.
+// Errors are gRPC statuses with a google.rpc.ErrorInfo detail:
+// INVALID_ARGUMENT for bad requests (the message names the field),
+// RESOURCE_EXHAUSTED when the pool or the upstream's rate limit is full (with a
+// RetryInfo), UNAVAILABLE when the upstream cannot be reached,
+// FAILED_PRECONDITION when retrying cannot help (the sidecar's key refused, a
+// quota used up, a billing state), DEADLINE_EXCEEDED when the call's deadline
+// expires. An upstream `task-failed` keeps its DashScope error code as the
+// ErrorInfo reason and in the message.
 type SynthesizerClient interface {
 	// Streams text in and audio out. The first request must carry `config`;
-	// then any number of `text` fragments, `flush` and at most one `finish`.
-	// Half-closing the request stream means `finish`. Responses start with one
-	// `started`, then `audio`, `sentence` and `flushed` messages in upstream
-	// order, and end with exactly one `completed`.
+	// then any number of `text` fragments and `flush`, and at most one
+	// `finish`. Half-closing the request stream means `finish`, and is as fast.
+	// Anything sent after `finish` fails the call with INVALID_ARGUMENT.
+	// Responses start with one `started`, then `audio`, `sentence` and
+	// `flushed` messages in upstream order, and end with exactly one
+	// `completed`. A stream whose text has nothing to speak (no letter or
+	// digit) completes with no audio and nothing billed.
 	StreamingSynthesize(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StreamingSynthesizeRequest, SynthesizeResponse], error)
 	// Synthesizes one text and streams the audio back: the simplest call, and
 	// the one to use from grpcurl. Same responses as StreamingSynthesize.
@@ -106,17 +112,23 @@ type Synthesizer_SynthesizeClient = grpc.ServerStreamingClient[SynthesizeRespons
 // DashScope task and returns it to the pool only after the task finished
 // cleanly, so the first audio packet does not pay for TCP + TLS + upgrade.
 //
-// Errors are gRPC statuses: INVALID_ARGUMENT for bad requests (the message
-// names the field), RESOURCE_EXHAUSTED when the pool or the upstream quota is
-// full, UNAVAILABLE when the upstream cannot be reached, DEADLINE_EXCEEDED
-// when the call's deadline expires. An upstream `task-failed` keeps its
-// DashScope error code in the status message.
+// Errors are gRPC statuses with a google.rpc.ErrorInfo detail:
+// INVALID_ARGUMENT for bad requests (the message names the field),
+// RESOURCE_EXHAUSTED when the pool or the upstream's rate limit is full (with a
+// RetryInfo), UNAVAILABLE when the upstream cannot be reached,
+// FAILED_PRECONDITION when retrying cannot help (the sidecar's key refused, a
+// quota used up, a billing state), DEADLINE_EXCEEDED when the call's deadline
+// expires. An upstream `task-failed` keeps its DashScope error code as the
+// ErrorInfo reason and in the message.
 type SynthesizerServer interface {
 	// Streams text in and audio out. The first request must carry `config`;
-	// then any number of `text` fragments, `flush` and at most one `finish`.
-	// Half-closing the request stream means `finish`. Responses start with one
-	// `started`, then `audio`, `sentence` and `flushed` messages in upstream
-	// order, and end with exactly one `completed`.
+	// then any number of `text` fragments and `flush`, and at most one
+	// `finish`. Half-closing the request stream means `finish`, and is as fast.
+	// Anything sent after `finish` fails the call with INVALID_ARGUMENT.
+	// Responses start with one `started`, then `audio`, `sentence` and
+	// `flushed` messages in upstream order, and end with exactly one
+	// `completed`. A stream whose text has nothing to speak (no letter or
+	// digit) completes with no audio and nothing billed.
 	StreamingSynthesize(grpc.BidiStreamingServer[StreamingSynthesizeRequest, SynthesizeResponse]) error
 	// Synthesizes one text and streams the audio back: the simplest call, and
 	// the one to use from grpcurl. Same responses as StreamingSynthesize.

@@ -1,6 +1,6 @@
 // Command loadgen is the benchmark's gRPC load generator: the Go twin of
 // the grpc-stream and grpc-unary modes of the Python bench worker
-// (sidecar/bench/worker.py), which `cosyvoice-sidecar bench` runs in its
+// (bench/cosyvoice_sidecar_bench/worker.py), which `cosyvoice-sidecar bench` runs in its
 // place by default (`--loadgen go`).
 //
 //	loadgen SPEC_JSON
@@ -69,7 +69,7 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
-// Workload mirrors sidecar.bench.workload.Workload. Only text, fragments,
+// Workload mirrors cosyvoice_sidecar_bench.workload.Workload. Only text, fragments,
 // sample_rate and expected_bytes matter to the gRPC modes; the other fields
 // are declared so that decoding stays strict (a field the bench adds later
 // fails here instead of being ignored).
@@ -85,7 +85,7 @@ type Workload struct {
 	Parameters    map[string]any `json:"parameters"`
 }
 
-// Spec mirrors sidecar.bench.worker.WorkerSpec.
+// Spec mirrors cosyvoice_sidecar_bench.worker.WorkerSpec.
 type Spec struct {
 	Mode         string   `json:"mode"`
 	Level        int      `json:"level"`

@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// pythonSpec is WorkerSpec(...).to_json() as sidecar/bench/worker.py writes
+// pythonSpec is WorkerSpec(...).to_json() as bench/cosyvoice_sidecar_bench/worker.py writes
 // it (tests/bench/test_loadgen.py runs both load generators on live specs).
 const pythonSpec = `{"mode": "grpc-stream", "level": 4, "target": "127.0.0.1:50051", "workload": {"text": "Warm sockets make the first packet fast.", "fragments": ["Warm sockets make the ", "first packet fast."], "sample_rate": 22050, "model": "cosyvoice-v3-flash", "voice": "longanyang", "expected_bytes": 105840, "intrinsic_ms": 150.0, "audio_ms": 2400.0, "parameters": {"text_type": "PlainText", "voice": "longanyang", "format": "pcm", "sample_rate": 22050, "volume": 50, "rate": 1.0, "pitch": 1.0}}, "ramp_s": 0.2, "duration_s": 4.0, "task_timeout_s": 30.0, "api_key": "sk-bench-local"}`
 

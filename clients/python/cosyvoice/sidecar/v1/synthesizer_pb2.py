@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&cosyvoice/sidecar/v1/synthesizer.proto\x12\x14\x63osyvoice.sidecar.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xce\x01\n\x1aStreamingSynthesizeRequest\x12\x37\n\x06\x63onfig\x18\x01 \x01(\x0b\x32%.cosyvoice.sidecar.v1.SynthesisConfigH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12,\n\x05\x66lush\x18\x03 \x01(\x0b\x32\x1b.cosyvoice.sidecar.v1.FlushH\x00\x12.\n\x06\x66inish\x18\x04 \x01(\x0b\x32\x1c.cosyvoice.sidecar.v1.FinishH\x00\x42\t\n\x07request\"\x07\n\x05\x46lush\"\x08\n\x06\x46inish\"X\n\x11SynthesizeRequest\x12\x35\n\x06\x63onfig\x18\x01 \x01(\x0b\x32%.cosyvoice.sidecar.v1.SynthesisConfig\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xb6\x03\n\x0fSynthesisConfig\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05voice\x18\x02 \x01(\t\x12\x31\n\x06\x66ormat\x18\x03 \x01(\x0e\x32!.cosyvoice.sidecar.v1.AudioFormat\x12\x16\n\x0esample_rate_hz\x18\x04 \x01(\x05\x12\x13\n\x06volume\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x11\n\x04rate\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05pitch\x18\x07 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x05H\x03\x88\x01\x01\x12\x13\n\x0binstruction\x18\t \x01(\t\x12\x16\n\x0elanguage_hints\x18\n \x03(\t\x12\x13\n\x0b\x65nable_ssml\x18\x0b \x01(\x08\x12\x17\n\x0fword_timestamps\x18\x0c \x01(\x08\x12\x1f\n\x12opus_bit_rate_kbps\x18\r \x01(\x05H\x04\x88\x01\x01\x12\x31\n\x10\x65xtra_parameters\x18\x0e \x01(\x0b\x32\x17.google.protobuf.StructB\t\n\x07_volumeB\x07\n\x05_rateB\x08\n\x06_pitchB\x07\n\x05_seedB\x15\n\x13_opus_bit_rate_kbps\"\xb1\x02\n\x12SynthesizeResponse\x12\x30\n\x07started\x18\x01 \x01(\x0b\x32\x1d.cosyvoice.sidecar.v1.StartedH\x00\x12\x31\n\x05\x61udio\x18\x02 \x01(\x0b\x32 .cosyvoice.sidecar.v1.AudioChunkH\x00\x12\x38\n\x08sentence\x18\x03 \x01(\x0b\x32$.cosyvoice.sidecar.v1.SentenceTimingH\x00\x12:\n\x07\x66lushed\x18\x04 \x01(\x0b\x32\'.cosyvoice.sidecar.v1.FlushAcknowledgedH\x00\x12\x34\n\tcompleted\x18\x05 \x01(\x0b\x32\x1f.cosyvoice.sidecar.v1.CompletedH\x00\x42\n\n\x08response\"\xc6\x01\n\x07Started\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x31\n\x06\x66ormat\x18\x03 \x01(\x0e\x32!.cosyvoice.sidecar.v1.AudioFormat\x12\x16\n\x0esample_rate_hz\x18\x04 \x01(\x05\x12\r\n\x05model\x18\x05 \x01(\t\x12\r\n\x05voice\x18\x06 \x01(\t\x12\x17\n\x0fwarm_connection\x18\x07 \x01(\x08\x12\x14\n\x0cpool_wait_ms\x18\x08 \x01(\x01\"A\n\nAudioChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x13\n\x0b\x64uration_ms\x18\x03 \x01(\x01\"^\n\x0eSentenceTiming\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12/\n\x05words\x18\x03 \x03(\x0b\x32 .cosyvoice.sidecar.v1.WordTiming\"d\n\nWordTiming\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0b\x62\x65gin_index\x18\x02 \x01(\r\x12\x11\n\tend_index\x18\x03 \x01(\r\x12\x10\n\x08\x62\x65gin_ms\x18\x04 \x01(\r\x12\x0e\n\x06\x65nd_ms\x18\x05 \x01(\r\"0\n\x11\x46lushAcknowledged\x12\x1b\n\x13\x61udio_chunks_before\x18\x01 \x01(\x04\"\x84\x01\n\tCompleted\x12\x19\n\x11\x62illed_characters\x18\x01 \x01(\r\x12\x16\n\x0e\x66irst_audio_ms\x18\x02 \x01(\x01\x12\x19\n\x11\x61udio_duration_ms\x18\x03 \x01(\x01\x12\x13\n\x0b\x61udio_bytes\x18\x04 \x01(\x04\x12\x14\n\x0c\x61udio_chunks\x18\x05 \x01(\x04*\x84\x01\n\x0b\x41udioFormat\x12\x1c\n\x18\x41UDIO_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41UDIO_FORMAT_PCM\x10\x01\x12\x14\n\x10\x41UDIO_FORMAT_WAV\x10\x02\x12\x14\n\x10\x41UDIO_FORMAT_MP3\x10\x03\x12\x15\n\x11\x41UDIO_FORMAT_OPUS\x10\x04\x32\xe7\x01\n\x0bSynthesizer\x12u\n\x13StreamingSynthesize\x12\x30.cosyvoice.sidecar.v1.StreamingSynthesizeRequest\x1a(.cosyvoice.sidecar.v1.SynthesizeResponse(\x01\x30\x01\x12\x61\n\nSynthesize\x12\'.cosyvoice.sidecar.v1.SynthesizeRequest\x1a(.cosyvoice.sidecar.v1.SynthesizeResponse0\x01\x42}\n\x18\x64\x65v.cosyvoice.sidecar.v1B\x10SynthesizerProtoP\x01ZMgithub.com/cosyvoice-sidecar/cosyvoice-sidecar/clients/go/sidecarv1;sidecarv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&cosyvoice/sidecar/v1/synthesizer.proto\x12\x14\x63osyvoice.sidecar.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xce\x01\n\x1aStreamingSynthesizeRequest\x12\x37\n\x06\x63onfig\x18\x01 \x01(\x0b\x32%.cosyvoice.sidecar.v1.SynthesisConfigH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12,\n\x05\x66lush\x18\x03 \x01(\x0b\x32\x1b.cosyvoice.sidecar.v1.FlushH\x00\x12.\n\x06\x66inish\x18\x04 \x01(\x0b\x32\x1c.cosyvoice.sidecar.v1.FinishH\x00\x42\t\n\x07request\"\x07\n\x05\x46lush\"\x08\n\x06\x46inish\"X\n\x11SynthesizeRequest\x12\x35\n\x06\x63onfig\x18\x01 \x01(\x0b\x32%.cosyvoice.sidecar.v1.SynthesisConfig\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xd2\x03\n\x0fSynthesisConfig\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05voice\x18\x02 \x01(\t\x12\x31\n\x06\x66ormat\x18\x03 \x01(\x0e\x32!.cosyvoice.sidecar.v1.AudioFormat\x12\x16\n\x0esample_rate_hz\x18\x04 \x01(\x05\x12\x13\n\x06volume\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x11\n\x04rate\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05pitch\x18\x07 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x05H\x03\x88\x01\x01\x12\x13\n\x0binstruction\x18\t \x01(\t\x12\x16\n\x0elanguage_hints\x18\n \x03(\t\x12\x13\n\x0b\x65nable_ssml\x18\x0b \x01(\x08\x12\x17\n\x0fword_timestamps\x18\x0c \x01(\x08\x12\x1f\n\x12opus_bit_rate_kbps\x18\r \x01(\x05H\x04\x88\x01\x01\x12\x31\n\x10\x65xtra_parameters\x18\x0e \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1a\n\x12phoneme_timestamps\x18\x0f \x01(\x08\x42\t\n\x07_volumeB\x07\n\x05_rateB\x08\n\x06_pitchB\x07\n\x05_seedB\x15\n\x13_opus_bit_rate_kbps\"\xb1\x02\n\x12SynthesizeResponse\x12\x30\n\x07started\x18\x01 \x01(\x0b\x32\x1d.cosyvoice.sidecar.v1.StartedH\x00\x12\x31\n\x05\x61udio\x18\x02 \x01(\x0b\x32 .cosyvoice.sidecar.v1.AudioChunkH\x00\x12\x38\n\x08sentence\x18\x03 \x01(\x0b\x32$.cosyvoice.sidecar.v1.SentenceTimingH\x00\x12:\n\x07\x66lushed\x18\x04 \x01(\x0b\x32\'.cosyvoice.sidecar.v1.FlushAcknowledgedH\x00\x12\x34\n\tcompleted\x18\x05 \x01(\x0b\x32\x1f.cosyvoice.sidecar.v1.CompletedH\x00\x42\n\n\x08response\"\xc6\x01\n\x07Started\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x31\n\x06\x66ormat\x18\x03 \x01(\x0e\x32!.cosyvoice.sidecar.v1.AudioFormat\x12\x16\n\x0esample_rate_hz\x18\x04 \x01(\x05\x12\r\n\x05model\x18\x05 \x01(\t\x12\r\n\x05voice\x18\x06 \x01(\t\x12\x17\n\x0fwarm_connection\x18\x07 \x01(\x08\x12\x14\n\x0cpool_wait_ms\x18\x08 \x01(\x01\"A\n\nAudioChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x13\n\x0b\x64uration_ms\x18\x03 \x01(\x01\"\xa2\x01\n\x0eSentenceTiming\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12/\n\x05words\x18\x03 \x03(\x0b\x32 .cosyvoice.sidecar.v1.WordTiming\x12\x15\n\x08\x62\x65gin_ms\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x13\n\x06\x65nd_ms\x18\x05 \x01(\rH\x01\x88\x01\x01\x42\x0b\n\t_begin_msB\t\n\x07_end_ms\"\x9b\x01\n\nWordTiming\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0b\x62\x65gin_index\x18\x02 \x01(\r\x12\x11\n\tend_index\x18\x03 \x01(\r\x12\x10\n\x08\x62\x65gin_ms\x18\x04 \x01(\r\x12\x0e\n\x06\x65nd_ms\x18\x05 \x01(\r\x12\x35\n\x08phonemes\x18\x06 \x03(\x0b\x32#.cosyvoice.sidecar.v1.PhonemeTiming\"M\n\rPhonemeTiming\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0c\n\x04tone\x18\x02 \x01(\t\x12\x10\n\x08\x62\x65gin_ms\x18\x03 \x01(\r\x12\x0e\n\x06\x65nd_ms\x18\x04 \x01(\r\"0\n\x11\x46lushAcknowledged\x12\x1b\n\x13\x61udio_chunks_before\x18\x01 \x01(\x04\"\x9a\x01\n\tCompleted\x12\x19\n\x11\x62illed_characters\x18\x01 \x01(\r\x12\x16\n\x0e\x66irst_audio_ms\x18\x02 \x01(\x01\x12\x19\n\x11\x61udio_duration_ms\x18\x03 \x01(\x01\x12\x13\n\x0b\x61udio_bytes\x18\x04 \x01(\x04\x12\x14\n\x0c\x61udio_chunks\x18\x05 \x01(\x04\x12\x14\n\x0crequest_uuid\x18\x06 \x01(\t*\x84\x01\n\x0b\x41udioFormat\x12\x1c\n\x18\x41UDIO_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41UDIO_FORMAT_PCM\x10\x01\x12\x14\n\x10\x41UDIO_FORMAT_WAV\x10\x02\x12\x14\n\x10\x41UDIO_FORMAT_MP3\x10\x03\x12\x15\n\x11\x41UDIO_FORMAT_OPUS\x10\x04\x32\xe7\x01\n\x0bSynthesizer\x12u\n\x13StreamingSynthesize\x12\x30.cosyvoice.sidecar.v1.StreamingSynthesizeRequest\x1a(.cosyvoice.sidecar.v1.SynthesizeResponse(\x01\x30\x01\x12\x61\n\nSynthesize\x12\'.cosyvoice.sidecar.v1.SynthesizeRequest\x1a(.cosyvoice.sidecar.v1.SynthesizeResponse0\x01\x42}\n\x18\x64\x65v.cosyvoice.sidecar.v1B\x10SynthesizerProtoP\x01ZMgithub.com/cosyvoice-sidecar/cosyvoice-sidecar/clients/go/sidecarv1;sidecarv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cosyvoice.sidecar.v1.synthe
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\030dev.cosyvoice.sidecar.v1B\020SynthesizerProtoP\001ZMgithub.com/cosyvoice-sidecar/cosyvoice-sidecar/clients/go/sidecarv1;sidecarv1'
-  _globals['_AUDIOFORMAT']._serialized_start=1813
-  _globals['_AUDIOFORMAT']._serialized_end=1945
+  _globals['_AUDIOFORMAT']._serialized_start=2067
+  _globals['_AUDIOFORMAT']._serialized_end=2199
   _globals['_STREAMINGSYNTHESIZEREQUEST']._serialized_start=95
   _globals['_STREAMINGSYNTHESIZEREQUEST']._serialized_end=301
   _globals['_FLUSH']._serialized_start=303
@@ -44,21 +44,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SYNTHESIZEREQUEST']._serialized_start=322
   _globals['_SYNTHESIZEREQUEST']._serialized_end=410
   _globals['_SYNTHESISCONFIG']._serialized_start=413
-  _globals['_SYNTHESISCONFIG']._serialized_end=851
-  _globals['_SYNTHESIZERESPONSE']._serialized_start=854
-  _globals['_SYNTHESIZERESPONSE']._serialized_end=1159
-  _globals['_STARTED']._serialized_start=1162
-  _globals['_STARTED']._serialized_end=1360
-  _globals['_AUDIOCHUNK']._serialized_start=1362
-  _globals['_AUDIOCHUNK']._serialized_end=1427
-  _globals['_SENTENCETIMING']._serialized_start=1429
-  _globals['_SENTENCETIMING']._serialized_end=1523
-  _globals['_WORDTIMING']._serialized_start=1525
-  _globals['_WORDTIMING']._serialized_end=1625
-  _globals['_FLUSHACKNOWLEDGED']._serialized_start=1627
-  _globals['_FLUSHACKNOWLEDGED']._serialized_end=1675
-  _globals['_COMPLETED']._serialized_start=1678
-  _globals['_COMPLETED']._serialized_end=1810
-  _globals['_SYNTHESIZER']._serialized_start=1948
-  _globals['_SYNTHESIZER']._serialized_end=2179
+  _globals['_SYNTHESISCONFIG']._serialized_end=879
+  _globals['_SYNTHESIZERESPONSE']._serialized_start=882
+  _globals['_SYNTHESIZERESPONSE']._serialized_end=1187
+  _globals['_STARTED']._serialized_start=1190
+  _globals['_STARTED']._serialized_end=1388
+  _globals['_AUDIOCHUNK']._serialized_start=1390
+  _globals['_AUDIOCHUNK']._serialized_end=1455
+  _globals['_SENTENCETIMING']._serialized_start=1458
+  _globals['_SENTENCETIMING']._serialized_end=1620
+  _globals['_WORDTIMING']._serialized_start=1623
+  _globals['_WORDTIMING']._serialized_end=1778
+  _globals['_PHONEMETIMING']._serialized_start=1780
+  _globals['_PHONEMETIMING']._serialized_end=1857
+  _globals['_FLUSHACKNOWLEDGED']._serialized_start=1859
+  _globals['_FLUSHACKNOWLEDGED']._serialized_end=1907
+  _globals['_COMPLETED']._serialized_start=1910
+  _globals['_COMPLETED']._serialized_end=2064
+  _globals['_SYNTHESIZER']._serialized_start=2202
+  _globals['_SYNTHESIZER']._serialized_end=2433
 # @@protoc_insertion_point(module_scope)

@@ -77,10 +77,12 @@ class StreamingSynthesizeRequest(_message.Message):
     FINISH_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """A fragment of text, UTF-8, of any length and any boundary (it need not
-    be a sentence). Must not be empty. The server splits it into several
-    upstream messages when it exceeds DashScope's 20,000-character message
-    limit; the whole stream may carry at most 200,000 characters (CJK
-    ideographs count 2, every other character 1).
+    be a sentence). A fragment with no letter or digit (empty, spaces,
+    punctuation) is held and sent in front of the next fragment that has
+    one, so nothing unspeakable is billed. The server splits a fragment into
+    several upstream messages when it exceeds DashScope's 20,000-character
+    message limit; the whole stream may carry at most 200,000 characters
+    (CJK ideographs count 2, every other character 1).
     """
     @_builtins.property
     def config(self) -> Global___SynthesisConfig:
@@ -162,7 +164,8 @@ class SynthesizeRequest(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The text to speak, UTF-8, 1 to 200,000 characters (CJK ideographs count
-    2, every other character 1; SSML tags do not count).
+    2, every other character 1; SSML tags do not count), with at least one
+    letter or digit: text with nothing to speak is INVALID_ARGUMENT.
     """
     @_builtins.property
     def config(self) -> Global___SynthesisConfig:
@@ -206,13 +209,16 @@ class SynthesisConfig(_message.Message):
     WORD_TIMESTAMPS_FIELD_NUMBER: _builtins.int
     OPUS_BIT_RATE_KBPS_FIELD_NUMBER: _builtins.int
     EXTRA_PARAMETERS_FIELD_NUMBER: _builtins.int
+    PHONEME_TIMESTAMPS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
-    """DashScope model, e.g. "cosyvoice-v3-flash". Empty: the server default
+    """DashScope model, e.g. "cosyvoice-v3-flash": letters, digits, ".", "_"
+    and "-", at most 64 characters. Empty: the server default
     (`--default-model`).
     """
     voice: _builtins.str
     """System voice (e.g. "longanyang") or cloned voice id; its generation must
-    match the model's. Empty: the server default (`--default-voice`).
+    match the model's. Letters, digits, ".", "_" and "-", at most 128
+    characters. Empty: the server default (`--default-voice`).
     """
     format: Global___AudioFormat.ValueType
     """Output format. Unspecified: the server default (`--default-format`)."""
@@ -232,7 +238,8 @@ class SynthesisConfig(_message.Message):
     """
     instruction: _builtins.str
     """Dialect, emotion or role instruction in DashScope's fixed format, at most
-    128 characters. Only for voices that support instructions.
+    100 characters as DashScope counts them (CJK ideographs count 2), no
+    control characters. Only for voices that support instructions.
     """
     enable_ssml: _builtins.bool
     """The text is SSML. DashScope then accepts exactly one text message per
@@ -246,17 +253,24 @@ class SynthesisConfig(_message.Message):
     """Opus bit rate in kbit/s, 6 to 510. Only with AUDIO_FORMAT_OPUS.
     Unset: 32.
     """
+    phoneme_timestamps: _builtins.bool
+    """Ask for phoneme timings inside the word timings (implies
+    `word_timestamps`). Only some voices support them.
+    """
     @_builtins.property
     def language_hints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Language hints such as "zh" or "en"; DashScope uses only the first one.
-        At most 8 entries.
+        At most 8 entries, each a language code of letters and dashes (at most
+        16 characters).
         """
 
     @_builtins.property
     def extra_parameters(self) -> _struct_pb2.Struct:
         """Further run-task parameters passed through verbatim, for DashScope
-        options this proto does not name yet (e.g. "enable_aigc_tag"). A key
-        that a named field above controls is rejected with INVALID_ARGUMENT.
+        options this proto does not name yet (e.g. "enable_aigc_tag"). Whole
+        numbers are sent as JSON integers. A key that a named field above
+        controls, NaN or infinity, nesting deeper than 8 levels or more than
+        16 KiB of JSON is rejected with INVALID_ARGUMENT.
         """
 
     def __init__(
@@ -276,10 +290,11 @@ class SynthesisConfig(_message.Message):
         word_timestamps: _builtins.bool = ...,
         opus_bit_rate_kbps: _builtins.int | None = ...,
         extra_parameters: _struct_pb2.Struct | None = ...,
+        phoneme_timestamps: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_opus_bit_rate_kbps", b"_opus_bit_rate_kbps", "_pitch", b"_pitch", "_rate", b"_rate", "_seed", b"_seed", "_volume", b"_volume", "extra_parameters", b"extra_parameters", "opus_bit_rate_kbps", b"opus_bit_rate_kbps", "pitch", b"pitch", "rate", b"rate", "seed", b"seed", "volume", b"volume"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_opus_bit_rate_kbps", b"_opus_bit_rate_kbps", "_pitch", b"_pitch", "_rate", b"_rate", "_seed", b"_seed", "_volume", b"_volume", "enable_ssml", b"enable_ssml", "extra_parameters", b"extra_parameters", "format", b"format", "instruction", b"instruction", "language_hints", b"language_hints", "model", b"model", "opus_bit_rate_kbps", b"opus_bit_rate_kbps", "pitch", b"pitch", "rate", b"rate", "sample_rate_hz", b"sample_rate_hz", "seed", b"seed", "voice", b"voice", "volume", b"volume", "word_timestamps", b"word_timestamps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_opus_bit_rate_kbps", b"_opus_bit_rate_kbps", "_pitch", b"_pitch", "_rate", b"_rate", "_seed", b"_seed", "_volume", b"_volume", "enable_ssml", b"enable_ssml", "extra_parameters", b"extra_parameters", "format", b"format", "instruction", b"instruction", "language_hints", b"language_hints", "model", b"model", "opus_bit_rate_kbps", b"opus_bit_rate_kbps", "phoneme_timestamps", b"phoneme_timestamps", "pitch", b"pitch", "rate", b"rate", "sample_rate_hz", b"sample_rate_hz", "seed", b"seed", "voice", b"voice", "volume", b"volume", "word_timestamps", b"word_timestamps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__opus_bit_rate_kbps: _TypeAlias = _typing.Literal["opus_bit_rate_kbps"]  # noqa: Y015
     _WhichOneofArgType__opus_bit_rate_kbps: _TypeAlias = _typing.Literal["_opus_bit_rate_kbps", b"_opus_bit_rate_kbps"]  # noqa: Y015
@@ -456,14 +471,22 @@ class SentenceTiming(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     WORDS_FIELD_NUMBER: _builtins.int
+    BEGIN_MS_FIELD_NUMBER: _builtins.int
+    END_MS_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Sentence number within the call, starting at 0."""
     text: _builtins.str
     """The sentence's original text, when the upstream reports it."""
+    begin_ms: _builtins.int
+    """Start of the sentence in the audio, in milliseconds, when reported."""
+    end_ms: _builtins.int
+    """End of the sentence in the audio, in milliseconds, when reported."""
     @_builtins.property
     def words(self) -> _containers.RepeatedCompositeFieldContainer[Global___WordTiming]:
         """Word timings; empty unless `word_timestamps` was requested and the voice
-        supports it.
+        supports it. DashScope may report them only when the task finishes: then
+        the sentence's timing is sent again, with its words, before `completed`
+        (at most once with words per sentence).
         """
 
     def __init__(
@@ -472,12 +495,21 @@ class SentenceTiming(_message.Message):
         index: _builtins.int = ...,
         text: _builtins.str = ...,
         words: _abc.Iterable[Global___WordTiming] | None = ...,
+        begin_ms: _builtins.int | None = ...,
+        end_ms: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_begin_ms", b"_begin_ms", "_end_ms", b"_end_ms", "begin_ms", b"begin_ms", "end_ms", b"end_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "text", b"text", "words", b"words"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_begin_ms", b"_begin_ms", "_end_ms", b"_end_ms", "begin_ms", b"begin_ms", "end_ms", b"end_ms", "index", b"index", "text", b"text", "words", b"words"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__begin_ms: _TypeAlias = _typing.Literal["begin_ms"]  # noqa: Y015
+    _WhichOneofArgType__begin_ms: _TypeAlias = _typing.Literal["_begin_ms", b"_begin_ms"]  # noqa: Y015
+    _WhichOneofReturnType__end_ms: _TypeAlias = _typing.Literal["end_ms"]  # noqa: Y015
+    _WhichOneofArgType__end_ms: _TypeAlias = _typing.Literal["_end_ms", b"_end_ms"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__begin_ms) -> _WhichOneofReturnType__begin_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__end_ms) -> _WhichOneofReturnType__end_ms | None: ...
 
 Global___SentenceTiming: _TypeAlias = SentenceTiming  # noqa: Y015
 
@@ -492,6 +524,7 @@ class WordTiming(_message.Message):
     END_INDEX_FIELD_NUMBER: _builtins.int
     BEGIN_MS_FIELD_NUMBER: _builtins.int
     END_MS_FIELD_NUMBER: _builtins.int
+    PHONEMES_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The word as spoken."""
     begin_index: _builtins.int
@@ -502,6 +535,10 @@ class WordTiming(_message.Message):
     """Start of the word in the audio, in milliseconds."""
     end_ms: _builtins.int
     """End of the word in the audio, in milliseconds."""
+    @_builtins.property
+    def phonemes(self) -> _containers.RepeatedCompositeFieldContainer[Global___PhonemeTiming]:
+        """Phoneme timings, when `phoneme_timestamps` was requested."""
+
     def __init__(
         self,
         *,
@@ -510,14 +547,49 @@ class WordTiming(_message.Message):
         end_index: _builtins.int = ...,
         begin_ms: _builtins.int = ...,
         end_ms: _builtins.int = ...,
+        phonemes: _abc.Iterable[Global___PhonemeTiming] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["begin_index", b"begin_index", "begin_ms", b"begin_ms", "end_index", b"end_index", "end_ms", b"end_ms", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["begin_index", b"begin_index", "begin_ms", b"begin_ms", "end_index", b"end_index", "end_ms", b"end_ms", "phonemes", b"phonemes", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WordTiming: _TypeAlias = WordTiming  # noqa: Y015
+
+@_typing.final
+class PhonemeTiming(_message.Message):
+    """Timing of one phoneme within a word."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    TONE_FIELD_NUMBER: _builtins.int
+    BEGIN_MS_FIELD_NUMBER: _builtins.int
+    END_MS_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """The phoneme (pinyin syllable or phone, as DashScope reports it)."""
+    tone: _builtins.str
+    """The tone, when DashScope reports one (e.g. "1" to "5" for Mandarin)."""
+    begin_ms: _builtins.int
+    """Start of the phoneme in the audio, in milliseconds."""
+    end_ms: _builtins.int
+    """End of the phoneme in the audio, in milliseconds."""
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        tone: _builtins.str = ...,
+        begin_ms: _builtins.int = ...,
+        end_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["begin_ms", b"begin_ms", "end_ms", b"end_ms", "text", b"text", "tone", b"tone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PhonemeTiming: _TypeAlias = PhonemeTiming  # noqa: Y015
 
 @_typing.final
 class FlushAcknowledged(_message.Message):
@@ -552,8 +624,11 @@ class Completed(_message.Message):
     AUDIO_DURATION_MS_FIELD_NUMBER: _builtins.int
     AUDIO_BYTES_FIELD_NUMBER: _builtins.int
     AUDIO_CHUNKS_FIELD_NUMBER: _builtins.int
+    REQUEST_UUID_FIELD_NUMBER: _builtins.int
     billed_characters: _builtins.int
-    """Characters DashScope bills for this task (its `usage.characters`)."""
+    """Characters DashScope bills for this task (the last `usage.characters`
+    it reported).
+    """
     first_audio_ms: _builtins.float
     """From the start of the call to the first audio byte received from the
     upstream, in milliseconds; includes pool wait. 0 if there was no audio.
@@ -566,6 +641,10 @@ class Completed(_message.Message):
     """Total audio bytes sent."""
     audio_chunks: _builtins.int
     """Total audio chunks sent."""
+    request_uuid: _builtins.str
+    """DashScope's request id of the task (its `request_uuid`), when reported:
+    the id Alibaba Cloud support asks for, with `started.task_id`.
+    """
     def __init__(
         self,
         *,
@@ -574,10 +653,11 @@ class Completed(_message.Message):
         audio_duration_ms: _builtins.float = ...,
         audio_bytes: _builtins.int = ...,
         audio_chunks: _builtins.int = ...,
+        request_uuid: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_bytes", b"audio_bytes", "audio_chunks", b"audio_chunks", "audio_duration_ms", b"audio_duration_ms", "billed_characters", b"billed_characters", "first_audio_ms", b"first_audio_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_bytes", b"audio_bytes", "audio_chunks", b"audio_chunks", "audio_duration_ms", b"audio_duration_ms", "billed_characters", b"billed_characters", "first_audio_ms", b"first_audio_ms", "request_uuid", b"request_uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

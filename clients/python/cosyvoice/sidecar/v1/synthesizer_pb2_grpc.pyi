@@ -38,11 +38,14 @@ class SynthesizerStub:
     DashScope task and returns it to the pool only after the task finished
     cleanly, so the first audio packet does not pay for TCP + TLS + upgrade.
 
-    Errors are gRPC statuses: INVALID_ARGUMENT for bad requests (the message
-    names the field), RESOURCE_EXHAUSTED when the pool or the upstream quota is
-    full, UNAVAILABLE when the upstream cannot be reached, DEADLINE_EXCEEDED
-    when the call's deadline expires. An upstream `task-failed` keeps its
-    DashScope error code in the status message.
+    Errors are gRPC statuses with a google.rpc.ErrorInfo detail:
+    INVALID_ARGUMENT for bad requests (the message names the field),
+    RESOURCE_EXHAUSTED when the pool or the upstream's rate limit is full (with a
+    RetryInfo), UNAVAILABLE when the upstream cannot be reached,
+    FAILED_PRECONDITION when retrying cannot help (the sidecar's key refused, a
+    quota used up, a billing state), DEADLINE_EXCEEDED when the call's deadline
+    expires. An upstream `task-failed` keeps its DashScope error code as the
+    ErrorInfo reason and in the message.
     """
 
     @_typing.overload
@@ -51,10 +54,13 @@ class SynthesizerStub:
     def __new__(cls, channel: _aio.Channel) -> SynthesizerAsyncStub: ...
     StreamingSynthesize: _grpc.StreamStreamMultiCallable[_synthesizer_pb2.StreamingSynthesizeRequest, _synthesizer_pb2.SynthesizeResponse]
     """Streams text in and audio out. The first request must carry `config`;
-    then any number of `text` fragments, `flush` and at most one `finish`.
-    Half-closing the request stream means `finish`. Responses start with one
-    `started`, then `audio`, `sentence` and `flushed` messages in upstream
-    order, and end with exactly one `completed`.
+    then any number of `text` fragments and `flush`, and at most one
+    `finish`. Half-closing the request stream means `finish`, and is as fast.
+    Anything sent after `finish` fails the call with INVALID_ARGUMENT.
+    Responses start with one `started`, then `audio`, `sentence` and
+    `flushed` messages in upstream order, and end with exactly one
+    `completed`. A stream whose text has nothing to speak (no letter or
+    digit) completes with no audio and nothing billed.
     """
     Synthesize: _grpc.UnaryStreamMultiCallable[_synthesizer_pb2.SynthesizeRequest, _synthesizer_pb2.SynthesizeResponse]
     """Synthesizes one text and streams the audio back: the simplest call, and
@@ -69,20 +75,26 @@ class SynthesizerAsyncStub(SynthesizerStub):
     DashScope task and returns it to the pool only after the task finished
     cleanly, so the first audio packet does not pay for TCP + TLS + upgrade.
 
-    Errors are gRPC statuses: INVALID_ARGUMENT for bad requests (the message
-    names the field), RESOURCE_EXHAUSTED when the pool or the upstream quota is
-    full, UNAVAILABLE when the upstream cannot be reached, DEADLINE_EXCEEDED
-    when the call's deadline expires. An upstream `task-failed` keeps its
-    DashScope error code in the status message.
+    Errors are gRPC statuses with a google.rpc.ErrorInfo detail:
+    INVALID_ARGUMENT for bad requests (the message names the field),
+    RESOURCE_EXHAUSTED when the pool or the upstream's rate limit is full (with a
+    RetryInfo), UNAVAILABLE when the upstream cannot be reached,
+    FAILED_PRECONDITION when retrying cannot help (the sidecar's key refused, a
+    quota used up, a billing state), DEADLINE_EXCEEDED when the call's deadline
+    expires. An upstream `task-failed` keeps its DashScope error code as the
+    ErrorInfo reason and in the message.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     StreamingSynthesize: _aio.StreamStreamMultiCallable[_synthesizer_pb2.StreamingSynthesizeRequest, _synthesizer_pb2.SynthesizeResponse]  # type: ignore[assignment]
     """Streams text in and audio out. The first request must carry `config`;
-    then any number of `text` fragments, `flush` and at most one `finish`.
-    Half-closing the request stream means `finish`. Responses start with one
-    `started`, then `audio`, `sentence` and `flushed` messages in upstream
-    order, and end with exactly one `completed`.
+    then any number of `text` fragments and `flush`, and at most one
+    `finish`. Half-closing the request stream means `finish`, and is as fast.
+    Anything sent after `finish` fails the call with INVALID_ARGUMENT.
+    Responses start with one `started`, then `audio`, `sentence` and
+    `flushed` messages in upstream order, and end with exactly one
+    `completed`. A stream whose text has nothing to speak (no letter or
+    digit) completes with no audio and nothing billed.
     """
     Synthesize: _aio.UnaryStreamMultiCallable[_synthesizer_pb2.SynthesizeRequest, _synthesizer_pb2.SynthesizeResponse]  # type: ignore[assignment]
     """Synthesizes one text and streams the audio back: the simplest call, and
@@ -96,11 +108,14 @@ class SynthesizerServicer(metaclass=_abc_1.ABCMeta):
     DashScope task and returns it to the pool only after the task finished
     cleanly, so the first audio packet does not pay for TCP + TLS + upgrade.
 
-    Errors are gRPC statuses: INVALID_ARGUMENT for bad requests (the message
-    names the field), RESOURCE_EXHAUSTED when the pool or the upstream quota is
-    full, UNAVAILABLE when the upstream cannot be reached, DEADLINE_EXCEEDED
-    when the call's deadline expires. An upstream `task-failed` keeps its
-    DashScope error code in the status message.
+    Errors are gRPC statuses with a google.rpc.ErrorInfo detail:
+    INVALID_ARGUMENT for bad requests (the message names the field),
+    RESOURCE_EXHAUSTED when the pool or the upstream's rate limit is full (with a
+    RetryInfo), UNAVAILABLE when the upstream cannot be reached,
+    FAILED_PRECONDITION when retrying cannot help (the sidecar's key refused, a
+    quota used up, a billing state), DEADLINE_EXCEEDED when the call's deadline
+    expires. An upstream `task-failed` keeps its DashScope error code as the
+    ErrorInfo reason and in the message.
     """
 
     @_abc_1.abstractmethod
@@ -110,10 +125,13 @@ class SynthesizerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_synthesizer_pb2.SynthesizeResponse], _abc.AsyncIterator[_synthesizer_pb2.SynthesizeResponse]]:
         """Streams text in and audio out. The first request must carry `config`;
-        then any number of `text` fragments, `flush` and at most one `finish`.
-        Half-closing the request stream means `finish`. Responses start with one
-        `started`, then `audio`, `sentence` and `flushed` messages in upstream
-        order, and end with exactly one `completed`.
+        then any number of `text` fragments and `flush`, and at most one
+        `finish`. Half-closing the request stream means `finish`, and is as fast.
+        Anything sent after `finish` fails the call with INVALID_ARGUMENT.
+        Responses start with one `started`, then `audio`, `sentence` and
+        `flushed` messages in upstream order, and end with exactly one
+        `completed`. A stream whose text has nothing to speak (no letter or
+        digit) completes with no audio and nothing billed.
         """
 
     @_abc_1.abstractmethod

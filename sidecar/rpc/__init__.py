@@ -1,0 +1,36 @@
+"""The gRPC edge: where requests become calls and calls become responses and statuses.
+
+Public face: :class:`SynthesizerServicer` (the two RPCs), :class:`StatusServicer`
+(``SidecarStatus``), :class:`BearerTokenInterceptor` (optional caller auth) and
+the error table (:func:`status_for`, :data:`UPSTREAM_CODES`). Generated
+protobuf is used here and above only. Inside: ``_synthesizer`` (the RPCs),
+``_config`` (a request's config -> the task's settings), ``_writer`` (the only
+place responses are built), ``_statuses`` (the only place errors become
+statuses), ``_status_service``, ``_auth``.
+"""
+
+from __future__ import annotations
+
+from sidecar.rpc._auth import BearerTokenInterceptor
+from sidecar.rpc._config import resolve
+from sidecar.rpc._status_service import StatusServicer
+from sidecar.rpc._statuses import (
+    SIDECAR_ERRORS,
+    UPSTREAM_CODES,
+    UpstreamCode,
+    status_for,
+    upstream_rule,
+)
+from sidecar.rpc._synthesizer import SynthesizerServicer
+
+__all__ = [
+    "SIDECAR_ERRORS",
+    "UPSTREAM_CODES",
+    "BearerTokenInterceptor",
+    "StatusServicer",
+    "SynthesizerServicer",
+    "UpstreamCode",
+    "resolve",
+    "status_for",
+    "upstream_rule",
+]

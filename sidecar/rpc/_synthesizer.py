@@ -1,0 +1,300 @@
+"""The ``cosyvoice.sidecar.v1.Synthesizer`` servicer: requests in, a call, responses out.
+
+Each RPC is one coroutine: it names the call (``x-request-id``), validates the
+request, admits the call, runs it (:class:`~sidecar.call.Call`) and writes its
+events (:class:`~sidecar.rpc._writer.ResponseWriter`) with
+``context.write``, so an audio chunk passes no chain of generators. Errors
+become statuses in :mod:`sidecar.rpc._statuses` only; an unexpected exception
+is a bug, logged once with its traceback and answered INTERNAL.
+
+Every call, refused or not, has a request id: the caller's ``x-request-id``
+(else a generated one). It comes back in the response headers with the first
+response, in the trailers of a call that fails before any response, in
+``started.request_id``, and in every log line of the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import grpc
+from cosyvoice.sidecar.v1 import synthesizer_pb2 as pb
+from cosyvoice.sidecar.v1 import synthesizer_pb2_grpc as pb_grpc
+
+from sidecar.call import Call, Command, Finish, Flush, Text, speakable
+from sidecar.config import Config
+from sidecar.errors import CallerIdle, InvalidRequest, PoolClosed, SidecarError, TooManyStreams
+from sidecar.pool import Pool
+from sidecar.protocol import MAX_CHARS_PER_TASK, count_characters
+from sidecar.rpc._config import resolve
+from sidecar.rpc._statuses import internal_status, retry_after_s, status_for
+from sidecar.rpc._writer import ResponseWriter
+from sidecar.telemetry import Telemetry, call_log_fields
+
+__all__ = ["SynthesizerServicer"]
+
+_Context = grpc.aio.ServicerContext[Any, pb.SynthesizeResponse]
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("sidecar.access")
+
+_MAX_REQUEST_ID: Final = 128
+_STATUS_DETAILS: Final = "grpc-status-details-bin"
+# gRPC's retry pushback (A6): a client with a retry policy waits this long.
+_PUSHBACK: Final = "grpc-retry-pushback-ms"
+
+
+class SynthesizerServicer(pb_grpc.SynthesizerServicer):
+    """Serves both RPCs from one pool; admits at most ``max_streams`` calls at once."""
+
+    def __init__(self, pool: Pool, config: Config, *, telemetry: Telemetry | None = None) -> None:
+        self._pool = pool
+        self._telemetry = telemetry or Telemetry.disabled()
+        self._config = config
+        self._upstream_host = urlsplit(config.upstream_url).hostname or "dashscope"
+        self._active: set[Call] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._draining = False
+
+    def __repr__(self) -> str:
+        return f"<SynthesizerServicer active={len(self._active)} draining={self._draining}>"
+
+    @property
+    def active_calls(self) -> int:
+        return len(self._active)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def start_draining(self) -> None:
+        """Refuse new calls (UNAVAILABLE) from now on; running ones go on."""
+        self._draining = True
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every running call to end; return whether they did."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def abort_all(self, error: SidecarError) -> None:
+        """End every running call with ``error`` (their upstream tasks are stopped)."""
+        for call in list(self._active):
+            call.abort(error)
+
+    # -------------------------------------------------------------------- RPCs
+
+    async def Synthesize(  # type: ignore[override]
+        self, request: pb.SynthesizeRequest, context: _Context
+    ) -> None:
+        async def commands() -> AsyncIterator[Command]:
+            yield Text(request.text)
+            yield Finish()
+
+        def prepare(request_id: str) -> Call:
+            _check_whole_text(request.text, ssml=request.config.enable_ssml)
+            return self._call(request.config, request_id)
+
+        await self._serve("Synthesize", prepare, commands(), context)
+
+    async def StreamingSynthesize(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[pb.StreamingSynthesizeRequest], context: _Context
+    ) -> None:
+        idle_s = self._config.caller_idle_timeout_s
+        first: pb.StreamingSynthesizeRequest | None = None
+        silent = False
+        try:
+            async with asyncio.timeout(idle_s):  # a silent caller holds nothing for long
+                first = await anext(aiter(request_iterator), None)
+        except TimeoutError:
+            silent = True
+
+        def prepare(request_id: str) -> Call:
+            if silent:
+                raise CallerIdle(f"no config within {idle_s:g}s of opening the stream")
+            if first is None or first.WhichOneof("request") != "config":
+                raise InvalidRequest("config", "the first request must carry the config")
+            return self._call(first.config, request_id)
+
+        await self._serve("StreamingSynthesize", prepare, _commands(request_iterator), context)
+
+    # ---------------------------------------------------------------- one call
+
+    def _call(self, config: pb.SynthesisConfig, request_id: str) -> Call:
+        params = resolve(config, self._config)
+        return Call(
+            self._pool, self._config, params, request_id=request_id, telemetry=self._telemetry
+        )
+
+    async def _serve(
+        self,
+        method: str,
+        prepare: Callable[[str], Call],
+        commands: AsyncIterator[Command],
+        context: _Context,
+    ) -> None:
+        request_id = _request_id(context)
+        self._telemetry.tag_call(request_id)
+        started_at = time.monotonic()
+        call: Call | None = None
+        writer: ResponseWriter | None = None
+        code = grpc.StatusCode.OK
+        with call_log_fields(request_id=request_id) as fields:
+            try:
+                call = prepare(request_id)
+                self._admit(call)
+                writer = ResponseWriter(
+                    context,
+                    call,
+                    batch_ms=self._config.audio_batch_ms,
+                    read_timeout_s=self._config.caller_read_timeout_s,
+                    metadata=(("x-request-id", request_id),),
+                )
+                remaining = context.time_remaining()
+                async with call.running(commands, acquire_timeout=remaining) as started:
+                    fields["task_id"] = started.task_id
+                    await writer.started(started)
+                    await writer.run()
+            except SidecarError as exc:
+                code = await self._refuse(exc, context, request_id, writer)
+            except asyncio.CancelledError:
+                code = _cancelled_code(context)
+                raise
+            except Exception as exc:
+                log.exception("unexpected error")
+                code = grpc.StatusCode.INTERNAL
+                await _abort(context, internal_status(exc), request_id)
+            finally:
+                if writer is not None:
+                    writer.close()
+                if call is not None:
+                    self._active.discard(call)
+                    if not self._active:
+                        self._idle.set()
+                    fields["dashscope_request_uuid"] = call.request_uuid
+                _access_line(method, code, started_at, call)
+
+    async def _refuse(
+        self,
+        exc: SidecarError,
+        context: _Context,
+        request_id: str,
+        writer: ResponseWriter | None,
+    ) -> grpc.StatusCode:
+        status = status_for(exc, self._upstream_host)
+        code = next(c for c in grpc.StatusCode if c.value[0] == status.code)
+        log.info("%s: %s", code.name, exc)
+        pushback = None
+        if writer is None or not writer.wrote_response:
+            # Nothing reached the caller: a retry policy may try again after the hint.
+            pushback = retry_after_s(exc)
+        await _abort(context, status, request_id, pushback)
+        return code
+
+    def _admit(self, call: Call) -> None:
+        if self._draining:
+            raise PoolClosed("the sidecar is shutting down; retry on another instance")
+        if len(self._active) >= self._config.max_streams:
+            raise TooManyStreams(
+                f"{self._config.max_streams} calls are running, the most this sidecar admits",
+                retry_after_s=0.5,
+            )
+        self._active.add(call)
+        self._idle.clear()
+
+
+async def _abort(
+    context: _Context, status: Any, request_id: str, pushback_s: float | None = None
+) -> None:
+    """End the call with ``status`` (a google.rpc.Status), its details and our trailers."""
+    trailers: list[tuple[str, str | bytes]] = [
+        (_STATUS_DETAILS, status.SerializeToString()),
+        ("x-request-id", request_id),
+    ]
+    if pushback_s is not None:
+        trailers.append((_PUSHBACK, str(int(pushback_s * 1000))))
+    code = next(c for c in grpc.StatusCode if c.value[0] == status.code)
+    await context.abort(code, status.message, trailing_metadata=tuple(trailers))
+
+
+def _access_line(method: str, code: grpc.StatusCode, started_at: float, call: Call | None) -> None:
+    """One line per call at info: what a log pipeline needs to query calls."""
+    duration_ms = (time.monotonic() - started_at) * 1000
+    fields: dict[str, Any] = {
+        "rpc_method": method,
+        "grpc_code": code.name,
+        "duration_ms": duration_ms,
+    }
+    if call is not None:
+        fields.update(
+            pool_wait_ms=call.pool_wait_ms,
+            audio_bytes=call.delivery.audio_bytes,
+            billed_characters=call.billed_characters,
+            first_audio_ms=call.first_audio_ms,
+        )
+    access_log.info("%s %s in %.1f ms", method, code.name, duration_ms, extra={"call": fields})
+
+
+def _cancelled_code(context: _Context) -> grpc.StatusCode:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
+
+
+def _check_whole_text(text: str, *, ssml: bool) -> None:
+    """Validate the text of Synthesize before anything goes upstream."""
+    if not speakable(text):
+        raise InvalidRequest("text", "has nothing to speak: it needs at least one letter or digit")
+    count = count_characters(text, ssml=ssml)
+    if count > MAX_CHARS_PER_TASK:
+        raise InvalidRequest(
+            "text",
+            f"{count:,} characters, over DashScope's {MAX_CHARS_PER_TASK:,}-character task "
+            "limit (CJK ideographs count 2)",
+        )
+
+
+async def _commands(
+    requests: AsyncIterator[pb.StreamingSynthesizeRequest],
+) -> AsyncIterator[Command]:
+    """Turn the request stream (after the config) into commands, validating each.
+
+    The stream's end (a half-close) just ends the commands: the call takes it
+    as finish, at once. A caller that hung up instead is cancelled by gRPC.
+    """
+    async for request in requests:
+        kind = request.WhichOneof("request")
+        if kind == "text":
+            yield Text(request.text)
+        elif kind == "flush":
+            yield Flush()
+        elif kind == "finish":
+            yield Finish()
+        elif kind == "config":
+            raise InvalidRequest("config", "only the first request may carry the config")
+        else:
+            raise InvalidRequest("request", "a request must set config, text, flush or finish")
+
+
+def _request_id(context: _Context) -> str:
+    """Return the caller's ``x-request-id`` if it is sane, else a fresh one."""
+    for key, value in context.invocation_metadata() or ():
+        if (
+            key == "x-request-id"
+            and isinstance(value, str)
+            and 0 < len(value) <= _MAX_REQUEST_ID
+            and value.isprintable()
+        ):
+            return value
+    return uuid.uuid4().hex

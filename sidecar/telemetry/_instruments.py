@@ -1,0 +1,83 @@
+"""The tracer and every instrument, created once: what each scope records into.
+
+:class:`Instruments` is the public surface the scopes (``_scopes``,
+``_synthesis``, ``_interceptor``) write through; it knows nothing of them, and
+:class:`~sidecar.telemetry.Telemetry` builds it and hands it to them, so the
+modules depend on each other one way only.
+"""
+
+from __future__ import annotations
+
+from opentelemetry import metrics, trace
+from opentelemetry.propagate import get_global_textmap
+from opentelemetry.propagators.textmap import TextMapPropagator
+
+from sidecar import __version__
+from sidecar.telemetry import _names as n
+
+__all__ = ["Instruments"]
+
+
+class Instruments:
+    """Tracer, propagator and the synchronous instruments of one sidecar.
+
+    Without providers every instrument is OpenTelemetry's no-op, and
+    :attr:`enabled` is False, which every scope checks first.
+    """
+
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        propagator: TextMapPropagator | None = None,
+    ) -> None:
+        self.tracing = tracer_provider is not None
+        self.metering = meter_provider is not None
+        self.enabled = self.tracing or self.metering
+        self.tracer = (tracer_provider or trace.NoOpTracerProvider()).get_tracer(
+            n.SCOPE, __version__
+        )
+        self.propagator = propagator or get_global_textmap()
+        self.meter = (meter_provider or metrics.NoOpMeterProvider()).get_meter(n.SCOPE, __version__)
+        meter = self.meter
+        buckets = n.LATENCY_BUCKETS_S
+
+        def histogram(name: str, description: str) -> metrics.Histogram:
+            return meter.create_histogram(
+                name, "s", description, explicit_bucket_boundaries_advisory=buckets
+            )
+
+        self.rpc_duration = histogram(
+            n.RPC_SERVER_CALL_DURATION, "Duration of incoming Synthesizer calls."
+        )
+        self.time_to_first_audio = histogram(
+            n.METRIC_TIME_TO_FIRST_AUDIO,
+            "From the call's arrival to the first audio chunk received from DashScope.",
+        )
+        self.synthesis_duration = histogram(
+            n.METRIC_SYNTHESIS_DURATION, "From run-task to the end of the DashScope task."
+        )
+        self.wait_time = histogram(
+            n.METRIC_WAIT_TIME, "Time a call waited for an upstream connection."
+        )
+        self.use_time = histogram(
+            n.METRIC_USE_TIME, "Time between borrowing a connection and returning it."
+        )
+        self.create_time = histogram(
+            n.METRIC_CREATE_TIME, "Time to open one upstream WebSocket (TCP, TLS, upgrade)."
+        )
+        self.tasks = meter.create_counter(
+            n.METRIC_TASKS, "{task}", "DashScope tasks ended, by outcome."
+        )
+        self.timeouts = meter.create_counter(
+            n.METRIC_TIMEOUTS, "{timeout}", "Borrows that gave up: every connection stayed busy."
+        )
+        self.unknown_events = meter.create_counter(
+            n.METRIC_UNKNOWN_EVENTS,
+            "{event}",
+            "DashScope events of a name the sidecar does not know (ignored).",
+        )
+
+    def __repr__(self) -> str:
+        on = {True: "on", False: "off"}
+        return f"<Instruments tracing={on[self.tracing]} metrics={on[self.metering]}>"

@@ -1,0 +1,183 @@
+"""The pool on its own, against the emulator: counts stay exact whatever callers do."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from sidecar.emulator import Emulator
+from sidecar.errors import PoolClosed, PoolExhausted, UpstreamAuthError
+from sidecar.pool import Pool, PoolPolicy
+from sidecar.upstream import UpstreamConnection, open_connection
+from tests.conftest import TEST_KEY
+from tests.helpers import eventually
+from tests.timing import scaled
+
+
+def _pool(
+    emulator: Emulator, *, min_idle: int = 0, max_size: int = 2, key: str = TEST_KEY, **policy: Any
+) -> Pool:
+    async def connector() -> UpstreamConnection:
+        return await open_connection(emulator.url, key, connect_timeout=scaled(2))
+
+    return Pool(
+        connector,
+        PoolPolicy(min_idle=min_idle, max_size=max_size, acquire_timeout_s=scaled(2), **policy),
+    )
+
+
+@pytest.fixture
+async def pool(emulator: Emulator) -> AsyncIterator[Pool]:
+    p = _pool(emulator)
+    p.start()
+    try:
+        yield p
+    finally:
+        await p.aclose()
+
+
+async def _settled(pool: Pool, emulator: Emulator, idle: int) -> None:
+    def check() -> bool:
+        s = pool.status()
+        return (
+            s.busy == 0
+            and s.opening == 0
+            and s.closing == 0
+            and s.idle == idle
+            and emulator.stats.connections_open == idle
+        )
+
+    await eventually(check, what=f"{pool!r} emulator open={emulator.stats.connections_open}")
+
+
+async def test_warm_up_opens_min_idle_in_parallel(emulator: Emulator) -> None:
+    """min_idle connections open concurrently: total time ~ one handshake, not four."""
+    emulator.update_knobs(handshake_delay_s=0.3)
+    pool = _pool(emulator, min_idle=4, max_size=4)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    pool.start()
+    assert await pool.wait_ready(scaled(5))
+    assert loop.time() - started < 4 * 0.3
+    assert repr(pool) == "<Pool idle=4 busy=0 opening=0 closing=0 waiters=0 max=4>"
+    await pool.aclose()
+    await eventually(lambda: emulator.stats.connections_open == 0, what="all closed")
+    assert emulator.stats.client_close_codes.get(1000) == 4
+
+
+async def test_release_keeps_only_reusable_connections(pool: Pool, emulator: Emulator) -> None:
+    """A connection whose task did not finish is closed on release, never pooled."""
+    borrowed = await pool.acquire()
+    assert not borrowed.warm
+    task = await borrowed.connection.start_task(
+        "cosyvoice-v3-flash",
+        {"voice": "v", "format": "pcm", "sample_rate": 16000},
+        start_timeout=scaled(2),
+    )
+    task.abandon()  # the caller walked away mid-task
+    assert not borrowed.connection.reusable
+    pool.release(borrowed.connection)
+    await _settled(pool, emulator, idle=0)
+
+
+async def test_cancel_while_waiting_leaves_no_waiter(pool: Pool, emulator: Emulator) -> None:
+    """A caller cancelled in the wait queue is gone from it; the connections are untouched."""
+    first = await pool.acquire()
+    second = await pool.acquire()
+    waiter = asyncio.create_task(pool.acquire())
+    await eventually(lambda: pool.status().waiters == 1, what="one waiter")
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert pool.status().waiters == 0
+    pool.release(first.connection)
+    pool.release(second.connection)
+    await _settled(pool, emulator, idle=2)
+
+
+async def test_waiter_gets_the_released_connection_fifo(pool: Pool, emulator: Emulator) -> None:
+    """Released connections go to waiters in arrival order, without a new socket."""
+    a = await pool.acquire()
+    b = await pool.acquire()
+    order: list[int] = []
+
+    async def wait(n: int) -> None:
+        borrowed = await pool.acquire()
+        order.append(n)
+        pool.release(borrowed.connection)
+
+    waiters = [asyncio.create_task(wait(n)) for n in range(3)]
+    await eventually(lambda: pool.status().waiters == 3, what="three waiters")
+    pool.release(a.connection)
+    pool.release(b.connection)
+    await asyncio.wait_for(asyncio.gather(*waiters), scaled(5))
+    assert order == [0, 1, 2]
+    assert emulator.stats.connections_opened == 2
+    await _settled(pool, emulator, idle=2)
+
+
+async def test_wait_is_bounded_by_acquire_timeout(pool: Pool, emulator: Emulator) -> None:
+    """No connection frees up: PoolExhausted after the bound, not a hang."""
+    held = [await pool.acquire(), await pool.acquire()]
+    with pytest.raises(PoolExhausted):
+        await pool.acquire(timeout=0.1)
+    assert pool.status().waiters == 0
+    for borrowed in held:
+        pool.release(borrowed.connection)
+    await _settled(pool, emulator, idle=2)
+
+
+async def test_cancel_while_connecting_adopts_the_new_socket(emulator: Emulator) -> None:
+    """A caller cancelled during the handshake: the socket joins the pool, not leaks."""
+    emulator.update_knobs(handshake_delay_s=0.3)
+    pool = _pool(emulator)
+    pool.start()
+    caller = asyncio.create_task(pool.acquire())
+    await eventually(lambda: pool.status().opening == 1, what="opening")
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await _settled(pool, emulator, idle=1)
+    await pool.aclose()
+    await eventually(lambda: emulator.stats.connections_open == 0, what="closed")
+
+
+async def test_stale_idle_connection_is_skipped(pool: Pool, emulator: Emulator) -> None:
+    """An idle socket the server closed is discarded at borrow time, without a round trip."""
+    borrowed = await pool.acquire()
+    pool.release(borrowed.connection)
+    emulator.update_knobs(idle_timeout_s=0.05)  # the server closes the idle socket
+    await eventually(lambda: borrowed.connection.closed, what="close seen")
+    emulator.update_knobs(idle_timeout_s=60.0)
+    again = await pool.acquire()
+    assert again.connection is not borrowed.connection
+    assert not again.warm
+    pool.release(again.connection)
+
+
+async def test_bad_key_fails_the_caller_with_an_auth_error(emulator: Emulator) -> None:
+    """A refused key is UpstreamAuthError, and the pool stays below its cap."""
+    emulator.update_knobs(api_keys=frozenset({"sk-the-right-one"}))
+    pool = _pool(emulator, key="sk-wrong")
+    pool.start()
+    with pytest.raises(UpstreamAuthError):
+        await pool.acquire()
+    assert "HTTP 401" in pool.status().last_error
+    assert pool.status().busy == 0
+    await pool.aclose()
+
+
+async def test_closed_pool_refuses_and_wakes_waiters(pool: Pool) -> None:
+    """Shutdown fails waiting callers with PoolClosed and refuses new ones."""
+    held = [await pool.acquire(), await pool.acquire()]
+    waiter = asyncio.create_task(pool.acquire())
+    await eventually(lambda: pool.status().waiters == 1, what="one waiter")
+    await pool.aclose()
+    with pytest.raises(PoolClosed):
+        await waiter
+    with pytest.raises(PoolClosed):
+        await pool.acquire()
+    assert all(b.connection.closed for b in held)
