@@ -512,3 +512,38 @@ def test_instruction_limit_counts_like_text() -> None:
     assert protocol.count_characters("用" * 50) == protocol.MAX_INSTRUCTION_CHARS
     assert protocol.count_characters("用" * 51) > protocol.MAX_INSTRUCTION_CHARS
     assert protocol.count_characters("x" * 100) == protocol.MAX_INSTRUCTION_CHARS
+
+
+def test_strict_parsing_accepts_the_sdks_envelope_and_refuses_other_fields() -> None:
+    """What either SDK sends passes strict parsing; other fields are InvalidPayload."""
+    header = {"action": "continue-task", "task_id": "t", "streaming": "duplex"}
+    java_like = {
+        "header": header,
+        "payload": {
+            "model": "m",
+            "task_group": "audio",
+            "task": "tts",
+            "function": "SpeechSynthesizer",
+            "parameters": {"voice": "v", "anything": 1},
+            "resources": [],
+            "input": {"flush": True, "merged": "by Java's streamingFlush(params)"},
+        },
+    }
+    assert protocol.unexpected_field(java_like) is None
+    assert protocol.parse_client_frame(json.dumps(java_like), strict=True) == protocol.ContinueTask(
+        "t", None
+    )
+    for message, field in (
+        ({"header": {**header, "extra": 1}, "payload": {"input": {"text": "a"}}}, "header.extra"),
+        ({"header": header, "payload": {"input": {"text": "a"}, "inputs": {}}}, "payload.inputs"),
+        ({"header": header, "payload": {"input": {"text": "a"}}, "meta": {}}, "meta"),
+    ):
+        assert protocol.unexpected_field(message) == field
+        frame = json.dumps(message)
+        assert isinstance(protocol.parse_client_frame(frame), protocol.ContinueTask)
+        with pytest.raises(protocol.ProtocolViolation) as info:
+            protocol.parse_client_frame(frame, strict=True)
+        assert (info.value.code, info.value.message) == (
+            "InvalidPayload",
+            f"Unexpected field: {field}",
+        )

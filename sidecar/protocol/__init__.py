@@ -56,6 +56,7 @@ from sidecar.protocol._messages import (
     FinishTask,
     RunTask,
     parse_client_frame,
+    unexpected_field,
 )
 from sidecar.protocol._task import ClientTask, TaskState
 from sidecar.protocol._text import (
@@ -103,4 +104,5 @@ __all__ = [
     "task_failed_event",
     "task_finished_event",
     "task_started_event",
+    "unexpected_field",
 ]
