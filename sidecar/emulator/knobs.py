@@ -100,7 +100,7 @@ class EmulatorKnobs:
     # A run-task while a task runs (§7): "interrupt" ends the running task
     # without another event for it (documented: a new run-task interrupts),
     # "finish-old" ends it with task-finished first, "fail" answers
-    # task-failed InvalidParameter (the emulator's behaviour before §13).
+    # task-failed InvalidParameter (the emulator's earlier [EMU] choice).
     run_task_while_running: str = "interrupt"
     # error_code of the 23 s input timeout: samples show CLIENT_ERROR, the
     # error-code page lists the message under InvalidParameter.

@@ -6,7 +6,8 @@ carrying the task-failed code and message (§9). The messages the real service
 uses are known for a missing voice, a rejected voice (418) and an instruction
 over 100 counted characters (428); the others are the emulator's own wording
 ([EMU]), all with code ``InvalidParameter``. Integer parameters must be JSON
-integers: the WebSocket page warns that ``50.0`` for ``volume`` is refused.
+integers (the WebSocket page says they must stay integers; refusing ``50.0``
+for ``volume`` is the emulator's reading of it).
 """
 
 from __future__ import annotations

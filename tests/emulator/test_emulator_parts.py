@@ -91,6 +91,8 @@ def test_cli_flags_build_knobs() -> None:
             "--keep-open-after-failure",
             "--knob",
             "ms_per_character=10",
+            "--knob",
+            "words_in=both",
         ]
     )
     knobs = knobs_from_args(args)
@@ -100,6 +102,7 @@ def test_cli_flags_build_knobs() -> None:
     assert knobs.rejected_voices == frozenset({"v1"})
     assert knobs.close_after_failure is False
     assert knobs.ms_per_character == 10.0
+    assert knobs.words_in == "both"
     assert (args.host, args.port) == ("127.0.0.1", 0)
     with pytest.raises(KnobError, match="nope"):
         knobs_from_args(parser.parse_args(["--knob", "nope=1"]))
