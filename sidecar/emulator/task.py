@@ -375,7 +375,13 @@ class TaskRun:
         words: tuple[Word, ...] = ()
         if params.word_timestamps:
             words = word_timings(sentence.text, whole_ms, phonemes=params.phoneme_timestamps)
-            self._timed.append(SentenceTimes(self._out.sentences, words, begin_time, end_time))
+            timed = SentenceTimes(self._out.sentences, words, begin_time, end_time)
+            # Keep every sentence only for a task-finished that lists them all
+            # (bounded by the task's character limit), else only the last.
+            if knobs.finished_sentences == "all":
+                self._timed.append(timed)
+            else:
+                self._timed[:] = [timed]
         return self._event(
             "sentence-end",
             original_text=sentence.text,
