@@ -332,16 +332,19 @@ def _parse_result(task_id: str, payload: dict[str, Any]) -> SentenceEvent:
     output = payload.get("output") or {}
     sentence = output.get("sentence") or {}
     words = sentence.get("words")
+    # Most events carry no words and no sentence times: this runs for every
+    # audio frame (sentence-synthesis), so the common case costs two lookups.
+    begin = sentence.get("begin_time")
+    end = sentence.get("end_time")
     return SentenceEvent(
         task_id,
         str(output.get("type", "")),
         int(sentence.get("index", 0)),
         str(output.get("original_text", "")),
-        # Most events carry no words: skip building an empty tuple from a generator.
         tuple(_parse_word(w) for w in words) if words else (),
         _usage_characters(payload) if "usage" in payload else None,
-        _optional_int(sentence, "begin_time"),
-        _optional_int(sentence, "end_time"),
+        None if begin is None else int(begin),
+        None if end is None else int(end),
     )
 
 
