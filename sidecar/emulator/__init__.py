@@ -1,14 +1,18 @@
-"""A local emulator of the DashScope CosyVoice WebSocket service (protocol notes §12).
+"""A local emulator of the DashScope CosyVoice WebSocket service.
 
-It speaks the run-task protocol through the sans-I/O core (:mod:`sidecar.protocol`)
-and depends on nothing else of the sidecar. Tests and demos start it on port 0::
+It models the service as ``docs/dashscope-protocol.md`` describes it (§12;
+§15 lists its knobs, one per documented variant where the official sources
+disagree). It speaks the run-task protocol through the sans-I/O core
+(:mod:`sidecar.protocol`) and depends on nothing else of the sidecar. Tests
+and demos start it on port 0::
 
     async with Emulator(EmulatorKnobs(realtime_factor=0)) as emu:
         ...  # point a client at emu.url, read emu.stats, change emu.update_knobs(...)
 
 Modules: ``knobs`` (behaviour, changeable at run time), ``audio`` (deterministic
-audio), ``sentences`` (segmentation), ``params`` (run-task validation),
-``task`` (one task's synthesis), ``output`` (a task's frames and counters),
+audio), ``sentences`` (segmentation, word timings), ``params`` (run-task
+validation), ``codes`` (error codes and messages), ``bucket`` (the burst
+limit), ``task`` (one task's synthesis), ``output`` (a task's frames and counters),
 ``pacer`` (one clock for every paced frame), ``wire`` (frames written in
 bursts), ``digest`` (audio SHA-256 on read), ``session`` (one connection's
 state machine), ``stats`` (counters), ``server`` (listener and HTTP control),

@@ -6,8 +6,11 @@ running emulator's behaviour. Every change goes through :meth:`EmulatorKnobs.upd
 or :meth:`EmulatorKnobs.update_from_strings`, which validate names and values
 and leave the knobs untouched when anything is wrong.
 
-Defaults follow the protocol notes (``shared/dashscope-protocol.md`` §7, §9,
-§12); where the real service is unconfirmed they are the [EMU] choices there.
+Defaults follow the official CosyVoice WebSocket page as
+``docs/dashscope-protocol.md`` reports it (§15 lists every knob and the
+source of its default); where the official sources disagree, a knob offers
+each documented variant, and where they say nothing the default is the
+conservative [EMU] choice named there.
 """
 
 from __future__ import annotations
@@ -62,7 +65,8 @@ class EmulatorKnobs:
     fail_start_every: int = 0
     fail_mid_every: int = 0
     fail_code: str = "InternalError"
-    fail_message: str = "Internal server error (injected by the emulator)."
+    # "" sends the message the service sends with fail_code (codes.message_for).
+    fail_message: str = ""
     drop_mid_every: int = 0
     close_after_failure: bool = True
     # Rejections (§9: InvalidParameter, "[tts:]Engine return error code: 418").
@@ -74,6 +78,41 @@ class EmulatorKnobs:
     # Cancel directive (§4.4); when False the directive is ignored and the
     # task finishes normally (what an unsupported cancel does is unconfirmed).
     cancel_supported: bool = True
+    # Where the documented variants of §6 go. usage.characters: in each
+    # sentence-end, in task-finished, or both (the WebSocket page shows both).
+    usage_in: str = "both"
+    # Word timings (word_timestamp_enabled): the WebSocket page puts them in
+    # task-finished only, the server-events page in sentence-end.
+    words_in: str = "task-finished"
+    # task-finished's words: "last", the documented one-object
+    # payload.output.sentence (which can hold one sentence: the task's last),
+    # or "all", every sentence in a list payload.output.sentences (no
+    # official source shows it; the client accepts it).
+    finished_sentences: str = "last"
+    # Sentence-level begin_time/end_time (ms from the task's first audio) on
+    # the sentence objects that carry words (the Java SDK's Sentence has them).
+    sentence_times: bool = False
+    # header.attributes.request_uuid in task-finished (the WebSocket page).
+    request_uuid: bool = True
+    # An event no client knows, sent before the first sentence of every Nth task.
+    unknown_event_every: int = 0
+    unknown_event_name: str = "task-progress"
+    # A run-task while a task runs (§7): "interrupt" ends the running task
+    # without another event for it (documented: a new run-task interrupts),
+    # "finish-old" ends it with task-finished first, "fail" answers
+    # task-failed InvalidParameter (the emulator's earlier [EMU] choice).
+    run_task_while_running: str = "interrupt"
+    # error_code of the 23 s input timeout: samples show CLIENT_ERROR, the
+    # error-code page lists the message under InvalidParameter.
+    input_timeout_code: str = "CLIENT_ERROR"
+    # Throttling.BurstRate when task starts ramp faster than a token bucket
+    # allows: burst_starts_per_s tokens a second, at most burst_size saved.
+    burst_starts_per_s: float = 0.0
+    burst_size: int = 10
+    # Close with 1007 on a client message with a field outside the envelope
+    # the official SDKs send (the WebSocket page's FAQ: 1007 for fields the
+    # server does not expect).
+    reject_unexpected_fields: bool = True
 
     def __post_init__(self) -> None:
         self.validate()
@@ -117,6 +156,14 @@ class EmulatorKnobs:
                 raise KnobError(f"{name} must be a frozenset of strings")
         if self.api_keys is not None and "" in self.api_keys:
             raise KnobError("api_keys must not contain an empty key")
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise KnobError(
+                    f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}"
+                )
+        for name in ("unknown_event_name", "input_timeout_code"):
+            if not getattr(self, name):
+                raise KnobError(f"{name} must not be empty")
 
     def update(self, **changes: Any) -> None:
         """Apply ``changes`` all at once, or none of them if any is invalid.
@@ -170,12 +217,32 @@ _NON_NEGATIVE: Final = (
     "start_delay_s",
     "first_packet_delay_s",
     "realtime_factor",
+    "burst_starts_per_s",
 )
 _POSITIVE: Final = ("ms_per_character", "idle_timeout_s", "input_timeout_s")
-_COUNTS: Final = ("fail_start_every", "fail_mid_every", "drop_mid_every")
-_POSITIVE_INTS: Final = ("chunk_ms", "max_chars_per_message", "max_chars_per_task")
-_BOOLS: Final = ("drop_idle_silently", "close_after_failure", "cancel_supported")
-_STRINGS: Final = ("fail_code", "fail_message")
+_COUNTS: Final = ("fail_start_every", "fail_mid_every", "drop_mid_every", "unknown_event_every")
+_POSITIVE_INTS: Final = ("chunk_ms", "max_chars_per_message", "max_chars_per_task", "burst_size")
+_BOOLS: Final = (
+    "drop_idle_silently",
+    "close_after_failure",
+    "cancel_supported",
+    "sentence_times",
+    "request_uuid",
+    "reject_unexpected_fields",
+)
+_CHOICES: Final = {
+    "usage_in": ("sentence-end", "task-finished", "both"),
+    "words_in": ("sentence-end", "task-finished", "both"),
+    "finished_sentences": ("last", "all"),
+    "run_task_while_running": ("interrupt", "finish-old", "fail"),
+}
+_STRINGS: Final = (
+    "fail_code",
+    "fail_message",
+    "unknown_event_name",
+    "input_timeout_code",
+    *_CHOICES,
+)
 _STRING_SETS: Final = ("api_keys", "rejected_voices", "rejected_models")
 _NAMES: Final = frozenset(f.name for f in dataclasses.fields(EmulatorKnobs))
 

@@ -3,8 +3,11 @@
 :func:`task_params` turns a parsed :class:`~sidecar.protocol.RunTask` into
 resolved :class:`TaskParams` or raises :class:`~sidecar.protocol.ProtocolViolation`
 carrying the task-failed code and message (§9). The messages the real service
-uses are known for a missing voice and a rejected voice (418); the others are
-the emulator's own wording ([EMU]), all with code ``InvalidParameter``.
+uses are known for a missing voice, a rejected voice (418) and an instruction
+over 100 counted characters (428); the others are the emulator's own wording
+([EMU]), all with code ``InvalidParameter``. Integer parameters must be JSON
+integers (the WebSocket page says they must stay integers; refusing ``50.0``
+for ``volume`` is the emulator's reading of it).
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from typing import Any, Final
 
 from sidecar.emulator.audio import FORMATS, SAMPLE_RATES, AudioSpec
 from sidecar.emulator.knobs import EmulatorKnobs
-from sidecar.protocol import ProtocolViolation, RunTask
+from sidecar.protocol import MAX_INSTRUCTION_CHARS, ProtocolViolation, RunTask, count_characters
 
 __all__ = [
     "DEFAULT_FORMAT",
     "DEFAULT_SAMPLE_RATE",
     "ENGINE_418",
+    "ENGINE_428",
     "INVALID_PARAMETER",
     "TaskParams",
     "task_params",
@@ -28,6 +32,7 @@ __all__ = [
 
 INVALID_PARAMETER: Final = "InvalidParameter"
 ENGINE_418: Final = "[tts:]Engine return error code: 418"
+ENGINE_428: Final = "[tts:]Engine return error code: 428"
 # §5: "format": "Default" and "sample_rate": 0 (the Python SDK's default) mean mp3/22050.
 DEFAULT_FORMAT: Final = "mp3"
 DEFAULT_SAMPLE_RATE: Final = 22050
@@ -43,6 +48,7 @@ class TaskParams:
     audio: AudioSpec
     enable_ssml: bool = False
     word_timestamps: bool = False
+    phoneme_timestamps: bool = False
 
 
 def task_params(run: RunTask, knobs: EmulatorKnobs) -> TaskParams:
@@ -73,8 +79,14 @@ def task_params(run: RunTask, knobs: EmulatorKnobs) -> TaskParams:
     seed = _number(p, "seed", 0, 0, 65535, integer=True)
     if format_ == "opus" and "bit_rate" in p:
         _number(p, "bit_rate", 32, 6, 510, integer=True)
+    instruction = p.get("instruction")
+    if instruction is not None and (
+        not isinstance(instruction, str) or count_characters(instruction) > MAX_INSTRUCTION_CHARS
+    ):
+        raise ProtocolViolation(INVALID_PARAMETER, ENGINE_428)
     enable_ssml = _flag(p, "enable_ssml")
     word_timestamps = _flag(p, "word_timestamp_enabled")
+    phoneme_timestamps = _flag(p, "phoneme_timestamp_enabled")
     spec = AudioSpec(
         format=format_,
         sample_rate=sample_rate or DEFAULT_SAMPLE_RATE,
@@ -83,7 +95,7 @@ def task_params(run: RunTask, knobs: EmulatorKnobs) -> TaskParams:
         pitch=float(pitch),
         seed=int(seed),
     )
-    return TaskParams(run.model, voice, spec, enable_ssml, word_timestamps)
+    return TaskParams(run.model, voice, spec, enable_ssml, word_timestamps, phoneme_timestamps)
 
 
 def _number(
@@ -97,10 +109,9 @@ def _number(
 ) -> float:
     value = p.get(name, default)
     ok = (
-        isinstance(value, int | float)
+        isinstance(value, int if integer else int | float)
         and not isinstance(value, bool)
         and low <= value <= high
-        and (not integer or float(value).is_integer())
     )
     if not ok:
         kind = "an integer" if integer else "a number"

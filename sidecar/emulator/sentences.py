@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from sidecar.protocol import Word, count_characters
+from sidecar.protocol import Phoneme, Word, count_characters
 
 __all__ = ["Sentence", "SentenceSplitter", "split_sentences", "strip_ssml", "word_timings"]
 
@@ -106,11 +106,14 @@ def strip_ssml(text: str) -> str:
     return _SSML_TAG.sub("", text)
 
 
-def word_timings(sentence: str, duration_ms: int) -> tuple[Word, ...]:
+def word_timings(sentence: str, duration_ms: int, *, phonemes: bool = False) -> tuple[Word, ...]:
     """Return word timings for ``sentence`` spread over ``duration_ms``.
 
     Each word gets time in proportion to its counted characters; indexes are
     0-based character offsets into ``sentence``, ``end_index`` exclusive (§6).
+    With ``phonemes``, each word's characters are its phonemes, sharing its
+    time equally; an ideograph gets a tone 1-4 from its code point, other
+    characters none ([EMU]: placeholders of the documented shape).
     """
     matches = list(_WORD.finditer(sentence))
     total = sum(count_characters(m.group()) for m in matches)
@@ -120,5 +123,19 @@ def word_timings(sentence: str, duration_ms: int) -> tuple[Word, ...]:
         begin = elapsed * duration_ms // total
         elapsed += count_characters(m.group())
         end = elapsed * duration_ms // total
-        words.append(Word(m.group(), m.start(), m.end(), begin, end))
+        parts = _phonemes(m.group(), begin, end) if phonemes else ()
+        words.append(Word(m.group(), m.start(), m.end(), begin, end, parts))
     return tuple(words)
+
+
+def _phonemes(word: str, begin: int, end: int) -> tuple[Phoneme, ...]:
+    n = len(word)
+    return tuple(
+        Phoneme(
+            ch,
+            str(ord(ch) % 4 + 1) if count_characters(ch) == 2 else "",
+            begin + i * (end - begin) // n,
+            begin + (i + 1) * (end - begin) // n,
+        )
+        for i, ch in enumerate(word)
+    )

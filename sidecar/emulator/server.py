@@ -36,6 +36,7 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from sidecar.emulator.bucket import StartBucket
 from sidecar.emulator.knobs import EmulatorKnobs, KnobError
 from sidecar.emulator.pacer import Pacer
 from sidecar.emulator.session import Session
@@ -105,6 +106,7 @@ class Emulator:
         self._sessions: set[Session] = set()
         self._server: Server | None = None
         self._ordinal = 0
+        self._starts = StartBucket()  # the burst limit (§14), shared by every connection
 
     # -- life cycle -----------------------------------------------------------
 
@@ -225,6 +227,11 @@ class Emulator:
     def next_task_ordinal(self) -> int:
         self._ordinal += 1
         return self._ordinal
+
+    def take_start(self) -> bool:
+        knobs = self.knobs
+        now = asyncio.get_running_loop().time()
+        return self._starts.take(now, knobs.burst_starts_per_s, knobs.burst_size)
 
     def _notify(self) -> None:
         changed = self._changed

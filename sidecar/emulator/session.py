@@ -11,10 +11,12 @@
      └────────────────────┴──── task-finished ◀────────────────────┴─────────┘
 
 The session reads client frames; the running :class:`~sidecar.emulator.task.TaskRun`
-writes events and audio. Messages that do not fit the state fail the task
-(§12 [EMU] choices); late messages for tasks that already ended on this
-connection, and client binary frames, are ignored. Unparseable JSON closes the
-connection with 1007.
+writes events and audio. A run-task while a task runs ends that task and
+starts the new one (§7, knob ``run_task_while_running``). Other messages that
+do not fit the state fail the task ([EMU] choices, §15); late messages for
+tasks that already ended on this connection, and client binary frames, are
+ignored. Unparseable JSON, and a field outside the SDKs' envelope (knob
+``reject_unexpected_fields``), close the connection with 1007.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
+from sidecar.emulator.codes import BURST_RATE, RATE_QUOTA, message_for
 from sidecar.emulator.knobs import EmulatorKnobs
 from sidecar.emulator.pacer import Pacer
 from sidecar.emulator.params import INVALID_PARAMETER, task_params
@@ -49,8 +52,9 @@ __all__ = ["Session", "SessionHost", "SessionState"]
 
 _log = logging.getLogger(__name__)
 
-THROTTLED: Final = ("Throttling.RateQuota", "Requests rate limit exceeded, please try again later.")
 _ENDED_IDS_KEPT: Final = 64
+# A close frame's reason holds at most 123 bytes (RFC 6455 §5.5).
+_MAX_REASON: Final = 120
 
 
 class SessionState(enum.Enum):
@@ -73,6 +77,10 @@ class SessionHost(Protocol):
     pacer: Pacer
 
     def next_task_ordinal(self) -> int: ...
+
+    def take_start(self) -> bool:
+        """Return False when the burst limit refuses a task start (§14)."""
+        ...
 
 
 class Session:
@@ -179,13 +187,18 @@ class Session:
         if self._state in (SessionState.FAILED, SessionState.CLOSED):
             return True  # closing: late messages are ignored
         try:
-            message = parse_client_frame(frame)
+            message = parse_client_frame(frame, strict=self._host.knobs.reject_unexpected_fields)
         except ProtocolViolation as violation:
             return await self._on_violation(frame, violation)
         if isinstance(message, RunTask):
             if self._run is not None:
-                self._fail_running(f"task {message.task_id} started while task is running")
-                return True
+                mode = self._host.knobs.run_task_while_running
+                if mode == "fail":
+                    self._fail_running(f"task {message.task_id} started while task is running")
+                    return True
+                await self._interrupt(self._run, send_finished=mode == "finish-old")
+                if self._state is not SessionState.IDLE:
+                    return True  # the connection went away meanwhile
             await self._start(message)
             return True
         run = self._run
@@ -206,8 +219,9 @@ class Session:
     async def _on_violation(self, frame: str, violation: ProtocolViolation) -> bool:
         task_id = _task_id_of(frame)
         if violation.code == "InvalidPayload" or task_id is None:
-            _log.info("connection #%d: unparseable frame, closing 1007", self.connection_id)
-            await self.close(CloseCode.INVALID_DATA, "Invalid payload data")
+            _log.info("connection #%d: %s, closing 1007", self.connection_id, violation.message)
+            reason = violation.message.encode()[:_MAX_REASON].decode(errors="ignore")
+            await self.close(CloseCode.INVALID_DATA, reason)
             return False
         if task_id in self._ended_ids:
             return True
@@ -243,6 +257,12 @@ class Session:
             run.finish()
         # a repeated finish-task while finishing changes nothing
 
+    async def _interrupt(self, run: TaskRun, *, send_finished: bool) -> None:
+        """End the running task for a new run-task (§7) and wait until it has ended."""
+        run.interrupt(send_finished=send_finished)
+        if self._run_task is not None:
+            await asyncio.shield(self._run_task)
+
     def _fail_running(self, message: str) -> None:
         assert self._run is not None
         self._run.fail(INVALID_PARAMETER, message)
@@ -271,11 +291,15 @@ class Session:
         record.sample_rate = params.audio.sample_rate
         limit = knobs.max_concurrent_tasks
         if limit is not None and host.book.running_tasks >= limit:
-            await self._refuse_record(record, *THROTTLED)
+            await self._refuse_record(record, *RATE_QUOTA)
+            return
+        if not host.take_start():
+            await self._refuse_record(record, *BURST_RATE)
             return
         ordinal = host.next_task_ordinal()
         if knobs.fail_start_every and ordinal % knobs.fail_start_every == 0:
-            await self._refuse_record(record, knobs.fail_code, knobs.fail_message)
+            message_ = knobs.fail_message or message_for(knobs.fail_code)
+            await self._refuse_record(record, knobs.fail_code, message_)
             return
         host.book.task_admitted(record)
         run = TaskRun(

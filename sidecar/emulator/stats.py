@@ -38,7 +38,7 @@ __all__ = [
 MAX_TASK_RECORDS: Final = 1000
 EMPTY_SHA256: Final = hashlib.sha256(b"").hexdigest()
 
-Outcome = Literal["running", "finished", "failed", "cancelled", "abandoned"]
+Outcome = Literal["running", "finished", "failed", "cancelled", "interrupted", "abandoned"]
 
 
 @dataclass
@@ -47,9 +47,11 @@ class TaskRecord:
 
     ``outcome``: ``finished`` (task-finished after finish-task), ``cancelled``
     (task-finished after the cancel directive), ``failed`` (task-failed sent;
-    ``error_code``/``error_message`` say why), ``abandoned`` (the connection
+    ``error_code``/``error_message`` say why), ``interrupted`` (a new run-task
+    on the connection ended it, §7), ``abandoned`` (the connection
     went away while the task ran: the client closed or dropped it, or the
     emulator dropped it on purpose, then ``error_code`` is ``EmulatorDrop``).
+    ``request_uuid`` is what task-finished carried in ``header.attributes``.
     ``audio_sha256`` is the SHA-256 of every binary frame sent, concatenated;
     while the task runs it is current in snapshots only (the live record's
     value is filled in when the task ends).
@@ -68,6 +70,7 @@ class TaskRecord:
     error_code: str | None = None
     error_message: str | None = None
     sentences: int = 0
+    request_uuid: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +87,7 @@ class TaskRecord:
             "error_code": self.error_code,
             "error_message": self.error_message,
             "sentences": self.sentences,
+            "request_uuid": self.request_uuid,
         }
 
 

@@ -9,9 +9,14 @@ followed by one binary frame, then ``sentence-end``; nothing after the final
 event.
 
 The session (the connection's reader) calls :meth:`TaskRun.add_text`,
-:meth:`flush`, :meth:`finish`, :meth:`cancel`, :meth:`fail`, :meth:`abandon`;
-the task acts on them at the next frame boundary, never between an event and
-its audio frame.
+:meth:`flush`, :meth:`finish`, :meth:`cancel`, :meth:`interrupt`,
+:meth:`fail`, :meth:`abandon`; the task acts on them at the next frame
+boundary, never between an event and its audio frame.
+
+Where usage, word timings and ``request_uuid`` go follows the knobs
+(``usage_in``, ``words_in``, ``finished_sentences``, ``sentence_times``,
+``request_uuid``): the official pages disagree on it (§6), and the emulator
+can speak each variant.
 
 Benchmarks run hundreds of tasks next to the system under test, so CPU per
 frame matters: after a task's first frame, its paced frames are sent from a
@@ -26,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import uuid
 from collections import deque
 from typing import Any, Final
 
@@ -33,6 +39,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from sidecar.emulator import audio
+from sidecar.emulator.codes import message_for
 from sidecar.emulator.knobs import EmulatorKnobs
 from sidecar.emulator.output import TaskOutput
 from sidecar.emulator.pacer import Pacer
@@ -41,8 +48,11 @@ from sidecar.emulator.sentences import Sentence, SentenceSplitter, strip_ssml, w
 from sidecar.emulator.stats import Outcome, StatsBook, TaskRecord
 from sidecar.protocol import (
     ProtocolViolation,
+    SentenceTimes,
+    Word,
     count_characters,
     result_generated_event,
+    server_event,
     task_failed_event,
     task_finished_event,
 )
@@ -62,7 +72,7 @@ class TaskPhase(enum.Enum):
 
     RUNNING = "running"  # accepts continue-task
     FINISHING = "finishing"  # finish-task received, audio still going out
-    CANCELLING = "cancelling"  # cancel directive received
+    CANCELLING = "cancelling"  # cancel directive (or a new run-task) received
     ENDED = "ended"
 
 
@@ -111,6 +121,10 @@ class TaskRun:
         self._characters = 0  # counted characters received (§4.2)
         self._billed = 0  # running total reported in sentence-end
         self._fault_done = False
+        self._unknown_sent = False
+        self._finish_interrupted = False  # a new run-task asked for task-finished first
+        self._audio_ms = 0  # audio of the ended sentences: the next sentence's begin_time
+        self._timed: list[SentenceTimes] = []  # sentences with word timings, for task-finished
         book.watch_sha256(record, self._out.sha256)
 
     @property
@@ -165,6 +179,16 @@ class TaskRun:
         self.phase = TaskPhase.CANCELLING
         self._interrupt(_Stop("cancelled"))
 
+    def interrupt(self, *, send_finished: bool) -> None:
+        """A new run-task on the connection: stop at once (§7).
+
+        With ``send_finished`` the task ends with task-finished, otherwise
+        with nothing more on the wire.
+        """
+        self.phase = TaskPhase.CANCELLING
+        self._finish_interrupted = send_finished
+        self._interrupt(_Stop("interrupted"))
+
     def fail(self, code: str, message: str) -> None:
         """End the task with task-failed at the next frame boundary."""
         self._interrupt(_Stop("failed", code, message))
@@ -207,7 +231,8 @@ class TaskRun:
                 while (sentence := await self._next()) is not None:
                     await self._synthesize(sentence)
                 await self._inject_fault()
-                await self._send_final(task_finished_event(self.task_id, self._characters))
+                self._send_unknown()
+                await self._send_final(self._finished_event())
                 self._end("finished")
             except _Stop as stop:
                 await self._stopped(stop)
@@ -219,8 +244,10 @@ class TaskRun:
         return self.record.outcome
 
     async def _stopped(self, stop: _Stop) -> None:
-        if stop.outcome == "cancelled":
-            await self._send_final(task_finished_event(self.task_id, self._characters))
+        if stop.outcome == "cancelled" or (
+            stop.outcome == "interrupted" and self._finish_interrupted
+        ):
+            await self._send_final(self._finished_event())
         elif stop.outcome == "failed":
             assert stop.code is not None
             await self._send_final(task_failed_event(self.task_id, stop.code, stop.message))
@@ -230,6 +257,31 @@ class TaskRun:
             self.record.error_code = stop.code
             self.record.error_message = stop.message
         self._end(stop.outcome)
+
+    def _finished_event(self) -> str:
+        """task-finished with what the knobs put there (§6)."""
+        knobs = self._knobs
+        sentences: list[SentenceTimes] = []
+        if knobs.words_in != "sentence-end":
+            sentences = self._timed if knobs.finished_sentences == "all" else self._timed[-1:]
+        request_uuid = str(uuid.uuid4()) if knobs.request_uuid else ""
+        self.record.request_uuid = request_uuid
+        return task_finished_event(
+            self.task_id,
+            None if knobs.usage_in == "sentence-end" else self._characters,
+            sentences=sentences,
+            sentences_as_list=knobs.finished_sentences == "all",
+            request_uuid=request_uuid,
+        )
+
+    def _send_unknown(self) -> None:
+        """Queue the unknown event of every Nth task (unknown_event_every), once."""
+        if self._unknown_sent or not _every(self._knobs.unknown_event_every, self._ordinal):
+            return
+        self._unknown_sent = True
+        payload = {"output": {"sentences_done": self._out.sentences}}
+        frame = server_event(self.task_id, self._knobs.unknown_event_name, payload)
+        self._out.sink.text(frame.encode())
 
     async def _send_final(self, event: str) -> None:
         self._out.sink.text(event.encode())  # after whatever is still queued
@@ -256,7 +308,8 @@ class TaskRun:
             timeout = self._knobs.input_timeout_s
             deadline = self._last_activity + timeout
             if deadline <= self._loop.time():
-                raise _Stop("failed", "CLIENT_ERROR", f"request timeout after {timeout:g} seconds.")
+                code = self._knobs.input_timeout_code
+                raise _Stop("failed", code, f"request timeout after {timeout:g} seconds.")
             await self._arm(deadline)
 
     async def _sleep_until(self, deadline: float) -> None:
@@ -297,6 +350,7 @@ class TaskRun:
             await self._sleep_until(self._loop.time() + knobs.first_packet_delay_s)
             out.first_audio_at = self._loop.time()
         self._check()
+        self._send_unknown()
         out.start_sentence(
             key,
             data,
@@ -307,12 +361,35 @@ class TaskRun:
         )
         await self._play()
         self._billed += sentence.characters
-        whole_ms = samples * 1000 // spec.sample_rate
-        words = word_timings(sentence.text, whole_ms) if self._params.word_timestamps else ()
-        end = self._event(
-            "sentence-end", original_text=sentence.text, words=words, characters=self._billed
+        out.end_sentence(self._sentence_end(sentence, samples * 1000 // spec.sample_rate))
+
+    def _sentence_end(self, sentence: Sentence, whole_ms: int) -> bytes:
+        """sentence-end with what the knobs put there; keep its timings for task-finished."""
+        knobs = self._knobs
+        params = self._params
+        begin_time: int | None = None
+        end_time: int | None = None
+        if knobs.sentence_times:
+            begin_time, end_time = self._audio_ms, self._audio_ms + whole_ms
+        self._audio_ms += whole_ms
+        words: tuple[Word, ...] = ()
+        if params.word_timestamps:
+            words = word_timings(sentence.text, whole_ms, phonemes=params.phoneme_timestamps)
+            timed = SentenceTimes(self._out.sentences, words, begin_time, end_time)
+            # Keep every sentence only for a task-finished that lists them all
+            # (bounded by the task's character limit), else only the last.
+            if knobs.finished_sentences == "all":
+                self._timed.append(timed)
+            else:
+                self._timed[:] = [timed]
+        return self._event(
+            "sentence-end",
+            original_text=sentence.text,
+            words=() if knobs.words_in == "task-finished" else words,
+            characters=None if knobs.usage_in == "task-finished" else self._billed,
+            begin_time=begin_time,
+            end_time=end_time,
         )
-        out.end_sentence(end)
 
     async def _play(self) -> None:
         """Queue the sentence's frames, each at its due time; the last one stays queued."""
@@ -382,7 +459,9 @@ class TaskRun:
             self._book.dropped()
             raise _Stop("abandoned", EMULATOR_DROP, "connection dropped by drop_mid_every")
         if _every(knobs.fail_mid_every, self._ordinal):
-            raise _Stop("failed", knobs.fail_code, knobs.fail_message)
+            raise _Stop(
+                "failed", knobs.fail_code, knobs.fail_message or message_for(knobs.fail_code)
+            )
 
 
 def _every(n: int, ordinal: int) -> bool:

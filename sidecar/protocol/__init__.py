@@ -5,8 +5,8 @@ frames go in, typed events come out, and commands come back as the JSON text
 frames to send. Two drivers use it, which keeps it honest: the upstream client
 connection (``sidecar.upstream``) and the emulator (``sidecar.emulator``).
 
-Section numbers (§) refer to ``shared/dashscope-protocol.md``, the protocol as
-the official SDKs speak it.
+Section numbers (§) refer to ``docs/dashscope-protocol.md``, the protocol as
+the official documentation and SDKs describe it.
 
 Client side::
 
@@ -17,6 +17,7 @@ Client side::
     send(task.finish())                    # finish-task
     task.receive_bytes(frame)              # -> AudioReceived
     task.receive_text(frame)               # -> SentenceEvent | TaskFinished | TaskFailed
+                                           #    | UnknownEvent (a new event: skip it)
 
 Server side (the emulator): :func:`parse_client_frame` turns a frame into a
 :class:`ClientMessage` or raises :class:`ProtocolViolation`; the ``*_event``
@@ -33,13 +34,18 @@ from sidecar.protocol._errors import (
 )
 from sidecar.protocol._events import (
     AudioReceived,
+    Phoneme,
     SentenceEvent,
+    SentenceTimes,
     ServerEvent,
     TaskFailed,
     TaskFinished,
     TaskStarted,
+    UnknownEvent,
     Word,
+    parse_server_frame,
     result_generated_event,
+    server_event,
     task_failed_event,
     task_finished_event,
     task_started_event,
@@ -50,6 +56,7 @@ from sidecar.protocol._messages import (
     FinishTask,
     RunTask,
     parse_client_frame,
+    unexpected_field,
 )
 from sidecar.protocol._task import ClientTask, TaskState
 from sidecar.protocol._text import (
@@ -74,24 +81,30 @@ __all__ = [
     "ContinueTask",
     "FinishTask",
     "InvalidTaskState",
+    "Phoneme",
     "ProtocolError",
     "ProtocolViolation",
     "RunTask",
     "SentenceEvent",
+    "SentenceTimes",
     "ServerEvent",
     "TaskFailed",
     "TaskFinished",
     "TaskStarted",
     "TaskState",
     "UnexpectedFrame",
+    "UnknownEvent",
     "Word",
     "count_characters",
     "new_task_id",
     "parse_client_frame",
+    "parse_server_frame",
     "result_generated_event",
+    "server_event",
     "split_text",
     "strip_ssml",
     "task_failed_event",
     "task_finished_event",
     "task_started_event",
+    "unexpected_field",
 ]

@@ -9,7 +9,15 @@ from typing import Any, Final
 
 from sidecar.protocol._errors import ProtocolViolation
 
-__all__ = ["ClientMessage", "ContinueTask", "FinishTask", "RunTask", "dumps", "parse_client_frame"]
+__all__ = [
+    "ClientMessage",
+    "ContinueTask",
+    "FinishTask",
+    "RunTask",
+    "dumps",
+    "parse_client_frame",
+    "unexpected_field",
+]
 
 _STREAMING: Final = "duplex"
 
@@ -85,13 +93,43 @@ class FinishTask:
 ClientMessage = RunTask | ContinueTask | FinishTask
 
 
-def parse_client_frame(frame: str) -> ClientMessage:
+# The envelope the official SDKs send (§4): every message's top level and
+# header, and the payload keys of any action (both SDKs repeat run-task's
+# model, task_group, task and function in continue-task, Java its parameters
+# too; both may add resources). What input and parameters hold is not checked:
+# parameters pass extra keys through, and Java merges keys into a flush's input.
+_TOP_KEYS: Final = frozenset({"header", "payload"})
+_HEADER_KEYS: Final = frozenset({"action", "task_id", "streaming"})
+_PAYLOAD_KEYS: Final = frozenset(
+    {"task_group", "task", "function", "model", "parameters", "input", "resources"}
+)
+
+
+def unexpected_field(message: Mapping[str, Any]) -> str | None:
+    """Return the path of the first field outside the SDKs' envelope (§4), or None.
+
+    ``message`` is a decoded client message; for example ``header.foo``.
+    """
+    for key in message:
+        if key not in _TOP_KEYS:
+            return key
+    for part, allowed in (("header", _HEADER_KEYS), ("payload", _PAYLOAD_KEYS)):
+        value = message.get(part)
+        if isinstance(value, dict):
+            for key in value:
+                if key not in allowed:
+                    return f"{part}.{key}"
+    return None
+
+
+def parse_client_frame(frame: str, *, strict: bool = False) -> ClientMessage:
     """Parse one client text frame, as a server does.
 
     Raises :class:`ProtocolViolation` with the server's error code and message
     when the frame is not a valid client message (§9). Unparseable JSON is a
     ``ProtocolViolation`` with code ``InvalidPayload``; a server closes the
-    socket for it (§12).
+    socket for it with 1007 (§7). With ``strict``, so is a field outside the
+    envelope the official SDKs send (see :func:`unexpected_field`).
     """
     try:
         message = json.loads(frame)
@@ -103,6 +141,8 @@ def parse_client_frame(frame: str) -> ClientMessage:
     payload = message.get("payload")
     if not isinstance(header, dict) or not isinstance(payload, dict):
         raise ProtocolViolation("InvalidPayload", "Invalid payload data")
+    if strict and (field := unexpected_field(message)) is not None:
+        raise ProtocolViolation("InvalidPayload", f"Unexpected field: {field}")
     action = header.get("action")
     task_id = header.get("task_id")
     if not isinstance(task_id, str) or not task_id:

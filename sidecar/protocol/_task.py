@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from sidecar.protocol._errors import InvalidTaskState, UnexpectedFrame
 from sidecar.protocol._events import (
@@ -15,7 +16,7 @@ from sidecar.protocol._events import (
     TaskFailed,
     TaskFinished,
     TaskStarted,
-    parse_server_frame,
+    parse_server_frame_with_uuid,
 )
 from sidecar.protocol._messages import ContinueTask, FinishTask, RunTask
 from sidecar.protocol._text import MAX_CHARS_PER_MESSAGE, count_characters
@@ -35,7 +36,7 @@ class TaskState(enum.Enum):
     STARTING = "starting"  # run-task sent, waiting for task-started
     STREAMING = "streaming"  # text may be sent
     FINISHING = "finishing"  # finish-task sent, audio still coming
-    CANCELLING = "cancelling"  # cancel directive sent, waiting for task-finished
+    CANCELLING = "cancelling"  # cancel sent, waiting for task-finished; audio is dropped
     FINISHED = "finished"  # task-finished received: the connection may be reused
     FAILED = "failed"  # task-failed or a protocol violation: discard the connection
 
@@ -56,6 +57,16 @@ class ClientTask:
     state that does not allow it raises :class:`InvalidTaskState`. Events for
     other task ids are ignored, since the server may still deliver late events
     of an earlier task on a reused connection (§7 mixing ids).
+
+    What the task keeps from the events it saw:
+
+    - ``billed_characters``: the last ``usage.characters`` of any event of the
+      task (result-generated or task-finished); an event without ``usage``
+      leaves it as it was (§6);
+    - ``request_uuid``: the last non-empty ``header.attributes.request_uuid``
+      (task-finished carries it, §6), the id Alibaba support asks for;
+    - which sentences' word timings were already delivered, so that
+      :attr:`TaskFinished.late_sentences` holds only the others (§6).
     """
 
     task_id: str
@@ -64,7 +75,15 @@ class ClientTask:
     state: TaskState = TaskState.CREATED
     characters_sent: int = 0
     billed_characters: int | None = None
+    request_uuid: str = ""
     failure: TaskFailed | None = field(default=None, repr=False)
+    # Indexes of the sentences whose words a result-generated event delivered.
+    _timed: set[int] = field(default_factory=set, init=False, repr=False)
+
+    @property
+    def accepts_text(self) -> bool:
+        """Return True when :meth:`send_text`, :meth:`flush` and :meth:`finish` are allowed."""
+        return self.state is TaskState.STREAMING
 
     def start(self) -> str:
         self._require(TaskState.CREATED)
@@ -93,19 +112,37 @@ class ClientTask:
         return FinishTask(self.task_id).encode()
 
     def cancel(self) -> str:
-        """Return the cancel frame; allowed once the task has started (§4.4)."""
+        """Return the cancel frame (finish-task with the cancel directive, §4.4).
+
+        Allowed once the task has started. From then on audio is dropped here
+        (:meth:`receive_bytes` returns None) until task-finished.
+        """
         self._require(TaskState.STREAMING, TaskState.FINISHING)
         self.state = TaskState.CANCELLING
         return FinishTask(self.task_id, cancel=True).encode()
 
     def receive_text(self, frame: str) -> ServerEvent | None:
-        """Feed one text frame; return its event, or None if it is for another task."""
-        event = parse_server_frame(frame)
+        """Feed one text frame; return its event, or None if it is for another task.
+
+        An event whose name is unknown comes back as
+        :class:`~sidecar.protocol.UnknownEvent` and changes nothing. Raises
+        :class:`UnexpectedFrame` (and the task fails) for a malformed frame or
+        an event that does not fit the state.
+        """
+        try:
+            event, uuid = parse_server_frame_with_uuid(frame)
+        except UnexpectedFrame:
+            self.state = TaskState.FAILED
+            raise
         if event.task_id != self.task_id:
             return None
+        if uuid:
+            self.request_uuid = uuid
         if isinstance(event, SentenceEvent):
             if event.characters is not None:
                 self.billed_characters = event.characters
+            if event.words:
+                self._timed.add(event.index)
         elif isinstance(event, TaskFailed):
             self.state = TaskState.FAILED
             self.failure = event
@@ -117,20 +154,41 @@ class ClientTask:
             if self.state not in _IN_PROGRESS:
                 self._violate(f"task-finished in state {self.state.value}")
             self.state = TaskState.FINISHED
-            self.billed_characters = event.characters
+            if event.characters is not None:
+                self.billed_characters = event.characters
+            if event.late_sentences:
+                event = self._only_late(event)
         return event
 
-    def receive_bytes(self, frame: bytes) -> AudioReceived:
-        """Feed one binary frame: audio of this task (binary frames carry no task id)."""
-        if self.state not in _IN_PROGRESS:
-            self._violate(f"audio in state {self.state.value}")
-        return AudioReceived(frame)
+    def receive_bytes(self, frame: bytes) -> AudioReceived | None:
+        """Feed one binary frame: audio of this task (binary frames carry no task id).
+
+        Return None while cancelling: the audio of a cancelled task is dropped
+        here, not by each driver.
+        """
+        state = self.state
+        if state is TaskState.STREAMING or state is TaskState.FINISHING:
+            return AudioReceived(frame)
+        if state is TaskState.CANCELLING:
+            return None
+        self._violate(f"audio in state {state.value}")
+
+    def _only_late(self, event: TaskFinished) -> TaskFinished:
+        """Keep the task-finished sentences whose words no earlier event delivered."""
+        late = []
+        for sentence in event.late_sentences:
+            if sentence.index not in self._timed:
+                self._timed.add(sentence.index)
+                late.append(sentence)
+        if len(late) == len(event.late_sentences):
+            return event
+        return dataclasses.replace(event, late_sentences=tuple(late))
 
     def _require(self, *allowed: TaskState) -> None:
         if self.state not in allowed:
             names = ", ".join(s.value for s in allowed)
             raise InvalidTaskState(f"task is {self.state.value}; this needs {names}")
 
-    def _violate(self, what: str) -> None:
+    def _violate(self, what: str) -> NoReturn:
         self.state = TaskState.FAILED
         raise UnexpectedFrame(what)

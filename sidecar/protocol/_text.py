@@ -19,6 +19,9 @@ __all__ = [
 
 MAX_CHARS_PER_MESSAGE: Final = 20_000
 MAX_CHARS_PER_TASK: Final = 200_000
+# run-task's ``instruction``, counted like text (§5): longer ones fail the task
+# with "[tts:]Engine return error code: 428".
+MAX_INSTRUCTION_CHARS: Final = 100
 INPUT_TIMEOUT_S: Final = 23.0
 MAX_INSTRUCTION_CHARS: Final = 100  # counted like text (§5)
 

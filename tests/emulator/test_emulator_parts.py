@@ -11,8 +11,9 @@ import pytest
 
 from sidecar.emulator import AudioSpec, EmulatorKnobs, KnobError, task_audio
 from sidecar.emulator.audio import encode, pcm_chunks, sentence_pcm, sentence_samples, wav_header
+from sidecar.emulator.bucket import StartBucket
 from sidecar.emulator.cli import add_arguments, knobs_from_args
-from sidecar.emulator.params import ENGINE_418, task_params
+from sidecar.emulator.params import ENGINE_418, ENGINE_428, task_params
 from sidecar.emulator.sentences import SentenceSplitter, split_sentences, word_timings
 from sidecar.protocol import ProtocolViolation, RunTask, count_characters
 
@@ -54,6 +55,10 @@ def test_knobs_update_from_strings_parses_each_type() -> None:
         ({"realtime_factor": "-1"}, "realtime_factor"),
         ({"idle_timeout_s": "nan"}, "idle_timeout_s"),
         ({"cancel_supported": "maybe"}, "cancel_supported"),
+        ({"words_in": "nowhere"}, "words_in"),
+        ({"run_task_while_running": "queue"}, "run_task_while_running"),
+        ({"burst_size": "0"}, "burst_size"),
+        ({"unknown_event_name": ""}, "unknown_event_name"),
     ],
 )
 def test_knobs_reject_bad_names_and_values_atomically(changes: dict[str, str], named: str) -> None:
@@ -86,6 +91,8 @@ def test_cli_flags_build_knobs() -> None:
             "--keep-open-after-failure",
             "--knob",
             "ms_per_character=10",
+            "--knob",
+            "words_in=both",
         ]
     )
     knobs = knobs_from_args(args)
@@ -95,6 +102,7 @@ def test_cli_flags_build_knobs() -> None:
     assert knobs.rejected_voices == frozenset({"v1"})
     assert knobs.close_after_failure is False
     assert knobs.ms_per_character == 10.0
+    assert knobs.words_in == "both"
     assert (args.host, args.port) == ("127.0.0.1", 0)
     with pytest.raises(KnobError, match="nope"):
         knobs_from_args(parser.parse_args(["--knob", "nope=1"]))
@@ -243,6 +251,11 @@ def test_default_format_resolves_to_mp3_22050() -> None:
         ({"sample_rate": 12345}, "parameters.sample_rate"),
         ({"volume": 101}, "parameters.volume"),
         ({"volume": True}, "parameters.volume"),
+        ({"volume": 50.0}, "parameters.volume"),  # integers stay integers on the wire
+        ({"seed": 1.0}, "parameters.seed"),
+        ({"instruction": "用" * 51}, ENGINE_428),
+        ({"instruction": 7}, ENGINE_428),
+        ({"phoneme_timestamp_enabled": 1}, "parameters.phoneme_timestamp_enabled"),
         ({"rate": 2.5}, "parameters.rate"),
         ({"pitch": 0.4}, "parameters.pitch"),
         ({"seed": 70000}, "parameters.seed"),
@@ -263,3 +276,35 @@ def test_rejected_models_get_418() -> None:
     knobs = EmulatorKnobs(rejected_models=frozenset({"cosyvoice-v9"}))
     with pytest.raises(ProtocolViolation, match="418"):
         task_params(RunTask("t", "cosyvoice-v9", {"voice": "v"}), knobs)
+
+
+def test_instruction_of_100_counted_characters_passes() -> None:
+    """50 ideographs count 100, the limit; phoneme_timestamp_enabled is read as a flag."""
+    params = task_params(
+        _params(instruction="用" * 50, phoneme_timestamp_enabled=True), EmulatorKnobs()
+    )
+    assert params.phoneme_timestamps is True
+
+
+def test_word_timings_with_phonemes_share_each_words_time() -> None:
+    """Each character of a word is a phoneme; ideographs get a tone, the times tile the word."""
+    words = word_timings("你好 ok", 500, phonemes=True)
+    assert [w.text for w in words] == ["你", "好", "ok"]
+    assert all(p.tone in {"1", "2", "3", "4"} for w in words[:2] for p in w.phonemes)
+    ok = words[2]
+    assert [(p.text, p.tone) for p in ok.phonemes] == [("o", ""), ("k", "")]
+    assert ok.phonemes[0].begin_time == ok.begin_time
+    assert ok.phonemes[0].end_time == ok.phonemes[1].begin_time
+    assert ok.phonemes[-1].end_time == ok.end_time == 500
+    assert all(not w.phonemes for w in word_timings("你好 ok", 500))
+
+
+def test_start_bucket_refills_at_its_rate_up_to_its_size() -> None:
+    """Starts full; one token per start; rate tokens a second, capped at size; rate 0 is off."""
+    bucket = StartBucket()
+    assert [bucket.take(0.0, 2.0, 3) for _ in range(4)] == [True, True, True, False]
+    assert bucket.take(0.4, 2.0, 3) is False  # 0.8 tokens
+    assert bucket.take(0.5, 2.0, 3) is True  # 1.0 token
+    assert [bucket.take(100.0, 2.0, 3) for _ in range(4)] == [True, True, True, False]
+    assert all(bucket.take(100.0, 0.0, 3) for _ in range(10))
+    assert "full" in repr(bucket)

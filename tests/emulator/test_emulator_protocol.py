@@ -113,7 +113,8 @@ async def test_flush_synthesises_the_tail_and_keeps_the_task_open(emulator: Emul
 
 
 async def test_cjk_counting_and_word_timestamps(emulator: Emulator) -> None:
-    """CJK ideographs count 2; word_timestamp_enabled fills words in sentence-end only."""
+    """CJK ideographs count 2; words_in=sentence-end puts the words in sentence-end only."""
+    emulator.update_knobs(words_in="sentence-end")  # the server-events page's variant
     async with Peer.connect(emulator) as peer:
         transcript = await peer.synthesize("t1", "你好。Good day!", word_timestamp_enabled=True)
     ends = transcript.sentences("sentence-end")
@@ -125,6 +126,7 @@ async def test_cjk_counting_and_word_timestamps(emulator: Emulator) -> None:
     ]
     assert words[-1]["end_time"] == round(9 * MS_PER_CHAR)
     assert all(not b["output"]["sentence"]["words"] for b in transcript.sentences("sentence-begin"))
+    assert "sentence" not in transcript.final["payload"]["output"]
 
 
 async def test_cancel_stops_audio_at_once(emulator: Emulator) -> None:
@@ -197,7 +199,6 @@ async def test_connection_stays_open_after_failure_when_told(emulator: Emulator)
 @pytest.mark.parametrize(
     ("steps", "message"),
     [
-        ("second-run", "started while task"),
         ("foreign-id", "does not match"),
         ("continue-after-finish", "after finish-task"),
         ("empty-text", "Parameter invalid: text is null"),
@@ -206,16 +207,11 @@ async def test_connection_stays_open_after_failure_when_told(emulator: Emulator)
 async def test_messages_out_of_place_fail_the_task(
     emulator: Emulator, steps: str, message: str
 ) -> None:
-    """A second run-task, a foreign id, text after finish-task, empty text: InvalidParameter."""
+    """A foreign id, text after finish-task, empty text: InvalidParameter."""
     emulator.update_knobs(realtime_factor=1.0)  # keep t1 busy while the culprit arrives
     async with Peer.connect(emulator) as peer:
         await peer.start("t1")
-        if steps == "second-run":
-            await peer.send(
-                '{"header":{"action":"run-task","task_id":"t2","streaming":"duplex"},'
-                '"payload":{"model":"m","parameters":{"voice":"v"},"input":{}}}'
-            )
-        elif steps == "foreign-id":
+        if steps == "foreign-id":
             await peer.text("other", "Hello.")
         elif steps == "continue-after-finish":
             await peer.text("t1", "A sentence that takes a while.")
