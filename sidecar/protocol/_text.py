@@ -23,7 +23,6 @@ MAX_CHARS_PER_TASK: Final = 200_000
 # with "[tts:]Engine return error code: 428".
 MAX_INSTRUCTION_CHARS: Final = 100
 INPUT_TIMEOUT_S: Final = 23.0
-MAX_INSTRUCTION_CHARS: Final = 100  # counted like text (§5)
 
 _SSML_TAG = re.compile(r"<[^<>]*>")
 # Where a long fragment may be cut (§4.2 lets fragments end anywhere, but a cut
