@@ -148,7 +148,11 @@ async def _serve(args: argparse.Namespace) -> int:
             print(f"emulator on {emulator.url}", flush=True)
         server = SidecarServer(config, telemetry=telemetry)
         stop = _stop_event(server)
-        address = await server.start()
+        try:
+            address = await server.start()
+        except OSError as exc:
+            print(f"cosyvoice-sidecar serve: {exc}", file=sys.stderr)
+            return 1
         stack.push_async_callback(server.stop, config.drain_grace_s)
         waiter = asyncio.ensure_future(stop.wait())
         ready = asyncio.ensure_future(server.wait_ready(timeout=float("inf")))

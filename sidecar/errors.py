@@ -129,11 +129,13 @@ class UpstreamTimeout(UpstreamError):
 class UpstreamTaskFailed(UpstreamError):
     """Raised for a ``task-failed`` event (§9); ``code`` is DashScope's ``error_code``.
 
-    ``task_id`` names the DashScope task, for logs, traces and support requests.
+    ``task_id`` names the DashScope task and ``request_uuid`` DashScope's
+    request (when it sent one), for logs, traces and support requests.
     """
 
-    def __init__(self, code: str, message: str, task_id: str = "") -> None:
+    def __init__(self, code: str, message: str, task_id: str = "", request_uuid: str = "") -> None:
         super().__init__(f"DashScope task failed: {code}: {message}")
         self.code = code
         self.message = message
         self.task_id = task_id
+        self.request_uuid = request_uuid

@@ -37,7 +37,7 @@ from sidecar.config import Config
 from sidecar.credentials import ApiKeySource
 from sidecar.errors import PoolClosed
 from sidecar.pool import Pool
-from sidecar.rpc import BearerTokenInterceptor, StatusServicer, SynthesizerServicer
+from sidecar.rpc import BearerTokenInterceptor, DecodeGuard, StatusServicer, SynthesizerServicer
 from sidecar.telemetry import Telemetry
 from sidecar.upstream import UpstreamConnection, open_connection
 
@@ -67,6 +67,10 @@ SERVER_OPTIONS: Final = (
     # their upstream connections return to the pool.
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
+    # A port another process listens on is refused, not shared: with
+    # SO_REUSEPORT (grpc's default) a stale sidecar would silently take half
+    # of the calls with its old configuration.
+    ("grpc.so_reuseport", 0),
 )
 
 
@@ -101,7 +105,9 @@ class SidecarServer:
         if tracing is not None:
             interceptors.append(tracing)
         if config.auth_token:
+            # Before decoding: a caller without the token costs no parsing.
             interceptors.append(BearerTokenInterceptor(config.auth_token))
+        interceptors.append(DecodeGuard())
         self._server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         self.servicer = SynthesizerServicer(self.pool, config, telemetry=self.telemetry)
         pb_grpc.add_SynthesizerServicer_to_server(self.servicer, self._server)
@@ -145,17 +151,31 @@ class SidecarServer:
         return self.address
 
     def _bind(self) -> str:
-        """Listen on ``config.listen`` (host:port, [v6]:port or unix:///path), TLS if configured."""
+        """Listen on ``config.listen`` (host:port, [v6]:port or unix:///path), TLS if configured.
+
+        Raises OSError naming the address when it cannot be bound (in use,
+        not local, bad path).
+        """
         listen = self.config.listen
         credentials = _server_credentials(self.config)
-        if credentials is None:
-            port = self._server.add_insecure_port(listen)
+        try:
+            if credentials is None:
+                port = self._server.add_insecure_port(listen)
+            else:
+                port = self._server.add_secure_port(listen, credentials)
+        except RuntimeError as exc:  # grpc reports a failed bind this way
+            port = 0
+            cause: Exception | None = exc
         else:
-            port = self._server.add_secure_port(listen, credentials)
+            cause = None
+        if port == 0 and not listen.startswith("unix:"):
+            raise OSError(
+                f"cannot listen on {listen}: the address is in use or not local"
+            ) from cause
         if listen.startswith("unix:"):
+            if cause is not None:
+                raise OSError(f"cannot listen on {listen}: {cause}") from cause
             return listen
-        if port == 0:
-            raise OSError(f"cannot listen on {listen}")
         return f"{listen.rsplit(':', 1)[0]}:{port}"
 
     async def wait_ready(self, timeout: float) -> bool:

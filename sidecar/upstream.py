@@ -243,7 +243,7 @@ class UpstreamTask:
             return event
         if isinstance(event, protocol.TaskFailed):
             self._end()
-            raise UpstreamTaskFailed(event.code, event.message, event.task_id)
+            raise UpstreamTaskFailed(event.code, event.message, event.task_id, event.request_uuid)
         if isinstance(event, protocol.TaskFinished):
             self._end()
         return event

@@ -129,7 +129,7 @@ class Call:
     @property
     def request_uuid(self) -> str:
         """DashScope's request id for support tickets (from task-finished), else empty."""
-        return str(getattr(self._task.protocol, "request_uuid", "")) if self._task else ""
+        return self._task.protocol.request_uuid if self._task else ""
 
     # --------------------------------------------------------------- life cycle
 
@@ -330,6 +330,14 @@ class Call:
                     sentence = self._sentence(event)
                     if sentence is not None:
                         await self._put(sentence)
+                elif isinstance(event, protocol.TaskFinished):
+                    # Word timings DashScope reported only now (§6): each
+                    # sentence's timing again, with its words, before the end.
+                    for late in event.late_sentences:
+                        await self._put(self._late_sentence(late))
+                elif isinstance(event, protocol.UnknownEvent):
+                    log.debug("ignoring an upstream event of unknown name %r", event.name)
+                    self._telemetry.unknown_event(event.name)
                 self._deadlines.frame_received()
             await self._put(FINISHED)
         except asyncio.CancelledError:
@@ -357,7 +365,7 @@ class Call:
         """The sentence timing an event completes, if any (sentence-end does).
 
         A sentence's text may come only with its sentence-begin event, so it
-        is kept from the begin until the end.
+        is kept until the task ends, for timings that come again with words.
         """
         if event.kind == "sentence-begin":
             self._sentence_text[event.index] = event.original_text
@@ -365,9 +373,13 @@ class Call:
         if event.kind != "sentence-end":
             return None
         self._sentences += 1
-        text = event.original_text or self._sentence_text.pop(event.index, "")
-        self._sentence_text.pop(event.index, None)
-        return Sentence(event.index, text, event.words)
+        text = event.original_text or self._sentence_text.get(event.index, "")
+        self._sentence_text[event.index] = text
+        return Sentence(event.index, text, event.words, event.begin_time, event.end_time)
+
+    def _late_sentence(self, late: protocol.SentenceTimes) -> Sentence:
+        text = self._sentence_text.get(late.index, "")
+        return Sentence(late.index, text, late.words, late.begin_time, late.end_time)
 
     def _on_overdue(self) -> None:
         reader = self._reader

@@ -199,7 +199,12 @@ def status_for(exc: SidecarError, upstream_host: str = "dashscope") -> status_pb
     details: list[any_pb2.Any] = []
     if isinstance(exc, UpstreamTaskFailed):
         code = upstream_rule(exc.code, exc.message).status
-        details.append(_pack(error_details_pb2.ErrorInfo(reason=exc.code, domain=upstream_host)))
+        # What Alibaba Cloud support asks for, should the caller open a ticket.
+        metadata = {"task_id": exc.task_id, "request_uuid": exc.request_uuid}
+        info = error_details_pb2.ErrorInfo(
+            reason=exc.code, domain=upstream_host, metadata={k: v for k, v in metadata.items() if v}
+        )
+        details.append(_pack(info))
     else:
         code = next(
             (c for kind, c in SIDECAR_ERRORS if isinstance(exc, kind)),

@@ -242,6 +242,6 @@ def _word(word: Word) -> pb.WordTiming:
         end_ms=word.end_time,
         phonemes=[
             pb.PhonemeTiming(text=p.text, tone=p.tone, begin_ms=p.begin_time, end_ms=p.end_time)
-            for p in getattr(word, "phonemes", ())
+            for p in word.phonemes
         ],
     )
