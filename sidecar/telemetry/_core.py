@@ -148,6 +148,14 @@ class Telemetry:
         self.timeouts = meter.create_counter(
             n.METRIC_TIMEOUTS, "{timeout}", "Borrows that gave up: every connection stayed busy."
         )
+        # Every counter is exported from the start, at 0 for each value it is
+        # known to take: a series that appears only with its first increment
+        # makes rate() and absent()-based alerts blind until then. The task
+        # outcomes get a series without the model, which only the first call
+        # names; sums by outcome are the same.
+        for outcome in n.SYNTHESIS_OUTCOMES:
+            self.tasks.add(0, {n.SYNTHESIS_OUTCOME: outcome})
+        self.timeouts.add(0)
         meter.create_observable_counter(
             n.METRIC_OPENED,
             [self._observe_opened],
@@ -247,7 +255,9 @@ class Telemetry:
 
     def _observe_closed(self, _: CallbackOptions) -> Iterable[Observation]:
         for s in self._statuses():
-            for reason, count in sorted(s.closed_total.items()):
+            # Known reasons at 0 until they happen (see _create_instruments).
+            counts = dict.fromkeys(n.CLOSE_REASONS, 0) | dict(s.closed_total)
+            for reason, count in sorted(counts.items()):
                 yield Observation(count, {n.CLOSE_REASON: reason})
 
     def _observe_stale_retries(self, _: CallbackOptions) -> Iterable[Observation]:
