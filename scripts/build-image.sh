@@ -57,9 +57,19 @@ if ! podman image exists "$base"; then
 fi
 
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
-podman build --isolation chroot \
+previous=$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
+# --layers=false: no layer cache. With it, podman 4.3 (buildah 1.28) fails the
+# runtime stage's RUN --mount=...,from=build whenever the build stage comes
+# entirely from the cache ("couldn't find .../merged/wheels on host to bind
+# mount"); a full build takes about a minute.
+podman build --isolation chroot --layers=false \
   --volume /etc/ssl/certs:/etc/ssl/certs:ro \
   --build-arg BUILD_IMAGE="$base" \
   --build-arg RUNTIME_IMAGE="$base" \
   --build-arg REVISION="$revision" \
   --tag "$tag" .
+# The image this tag named before is now untagged: remove it unless in use.
+current=$(podman image inspect --format '{{.Id}}' "$tag")
+if [[ -n $previous && $previous != "$current" ]]; then
+  podman rmi "$previous" >/dev/null 2>&1 || true
+fi
