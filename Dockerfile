@@ -2,26 +2,34 @@
 #
 # cosyvoice-sidecar: the gRPC sidecar as a container image.
 #
-#   docker build -t cosyvoice-sidecar:0.1.0 .
+#   docker build -t cosyvoice-sidecar:0.1.0 --build-arg REVISION=$(git rev-parse HEAD) .
+#   make image    # the same with podman, on a Debian base made by debootstrap
 #
 # Two stages. "build" turns this project and every runtime dependency into
 # wheels (a compiler is there if a dependency ever lacks a wheel for the target
 # platform); "runtime" is a slim image that installs those wheels into
 # /opt/venv without index, network or compiler. Both stages run the same
-# scripts/install-runtime.sh, which tests/deploy also runs in a clean
-# virtualenv, so the install steps are tested without a Docker engine.
+# scripts/install-runtime.sh. CI builds this file with podman
+# (scripts/build-image.sh, which overrides BUILD_IMAGE and RUNTIME_IMAGE with
+# its debootstrap base since no registry is reachable there) and runs the
+# image (tests/deploy/test_container.py).
 #
 # The image holds no secret: the DashScope key comes at run time from the file
 # named by DASHSCOPE_API_KEY_FILE (a mounted Kubernetes Secret) or from
 # DASHSCOPE_API_KEY. Configuration is environment only (COSYVOICE_SIDECAR_*,
-# see the README). The sidecar listens on 127.0.0.1:50051 unless
-# COSYVOICE_SIDECAR_LISTEN says otherwise (deploy/kubernetes sets 0.0.0.0:50051
-# so that the kubelet's gRPC probes reach it). It runs as UID 10001 and writes
-# nothing to the file system, so readOnlyRootFilesystem works as it is.
+# OTEL_*; see docs/deployment.md). The sidecar listens on 127.0.0.1:50051
+# unless COSYVOICE_SIDECAR_LISTEN says otherwise: `docker run -p` needs
+# COSYVOICE_SIDECAR_LISTEN=0.0.0.0:50051, and deploy/kubernetes sets it so that
+# the kubelet's gRPC probes reach it. It runs as UID 10001 and writes nothing
+# to the file system, so readOnlyRootFilesystem works as it is.
 #
-# Pin the base images by digest in your own registry for reproducible builds.
-ARG BUILD_IMAGE=python:3.11-trixie
-ARG RUNTIME_IMAGE=python:3.11-slim-trixie
+# The base images are pinned by digest (the multi-platform index), so a build
+# months from now starts from the same bytes; `make pin-base-images`
+# (scripts/pin-base-images.sh, with skopeo) moves them to what the tags name
+# today. Both must be the same Python minor version (wheels built in one are
+# installed in the other).
+ARG BUILD_IMAGE=python:3.11-trixie@sha256:c7220863385ee39fb6d822da81f4469d0cd33ff893d92ce94105e5c3f4b95fe2
+ARG RUNTIME_IMAGE=python:3.11-slim-trixie@sha256:9534e5a8e315485d4061ed659af0fd78a284c015f9b73661b41d6bab25604534
 
 FROM ${BUILD_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \

@@ -22,13 +22,19 @@ GRPCURL := github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4
 BUF := github.com/bufbuild/buf/cmd/buf@v1.75.0
 # v5.8.3 needs Go >= 1.27; v5.8.2 builds with the machine's Go 1.26.
 KUSTOMIZE := sigs.k8s.io/kustomize/kustomize/v5@v5.8.2
+# helm template / helm lint of deploy/helm (tests/deploy).
+HELM := helm.sh/helm/v4/cmd/helm@v4.3.2
+# Debian packages that build and run the container image without a registry
+# or a Docker engine (scripts/build-image.sh, tests/deploy/test_container.py).
+IMAGE_TOOLS := podman buildah debootstrap
+IMAGE_TAG ?= localhost/cosyvoice-sidecar:dev
 
-.PHONY: run test venv tools proto proto-check lint typecheck test-python test-go test-java bench clean
+.PHONY: run test venv tools image-tools image pin-base-images proto proto-check lint typecheck test-python test-go test-java bench clean
 
 run: venv
 	./scripts/run-demo.sh
 
-test: venv tools
+test: venv tools image-tools
 	$(MAKE) --no-print-directory lint typecheck proto-check test-python test-go test-java
 
 venv: $(VENV)/.installed
@@ -53,7 +59,29 @@ $(TOOLS)/.installed: Makefile
 	go install $(GRPCURL)
 	go install $(BUF)
 	go install $(KUSTOMIZE)
+	go install $(HELM)
 	touch $@
+
+# apt-get install of the image tools when one is missing: as root only (CI
+# runs as root); otherwise a warning, or an error when CI is set, since the
+# image tests must then fail rather than skip.
+image-tools:
+	@missing=""; for t in $(IMAGE_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing$$missing (apt-get)" >&2; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(IMAGE_TOOLS) >/dev/null; \
+	elif [ -n "$${CI:-}" ]; then echo "error:$$missing required in CI (apt-get as root)" >&2; exit 1; \
+	else echo "warning:$$missing not installed; the container image tests will skip" >&2; fi
+
+# The container image, built with podman on a debootstrap base (no registry).
+image: image-tools
+	./scripts/build-image.sh $(IMAGE_TAG)
+
+# Re-pin the Dockerfile's base images to their current digests (needs skopeo
+# and access to the registry).
+pin-base-images:
+	./scripts/pin-base-images.sh
 
 # Regenerate every language's checked-in code from protos/ (Java generates at build time).
 proto: venv tools

@@ -179,7 +179,9 @@ class Telemetry:
 
     def _observe_closed(self, _: CallbackOptions) -> Iterable[Observation]:
         for s in self._statuses():
-            for reason, count in sorted(s.closed_total.items()):
+            # Known reasons at 0 until they happen (see _create_instruments).
+            counts = dict.fromkeys(n.CLOSE_REASONS, 0) | dict(s.closed_total)
+            for reason, count in sorted(counts.items()):
                 yield Observation(count, {n.CLOSE_REASON: reason})
 
     def _observe_stale_retries(self, _: CallbackOptions) -> Iterable[Observation]:

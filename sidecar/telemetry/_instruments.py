@@ -77,6 +77,15 @@ class Instruments:
             "{event}",
             "DashScope events of a name the sidecar does not know (ignored).",
         )
+        # Every counter is exported from the start, at 0 for each value it is
+        # known to take: a series that appears only with its first increment
+        # makes rate() and absent()-based alerts blind until then. The task
+        # outcomes get a series without the model, which only the first call
+        # names; sums by outcome are the same.
+        for outcome in n.SYNTHESIS_OUTCOMES:
+            self.tasks.add(0, {n.SYNTHESIS_OUTCOME: outcome})
+        self.timeouts.add(0)
+        self.unknown_events.add(0)
 
     def __repr__(self) -> str:
         on = {True: "on", False: "off"}

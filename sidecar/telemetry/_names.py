@@ -56,6 +56,7 @@ SENTENCES: Final = "cosyvoice.sentences"
 TEXT_CHARACTERS: Final = "cosyvoice.text.characters"
 # synthesis: finished | failed | cancelled | broken | not_started
 SYNTHESIS_OUTCOME: Final = "cosyvoice.synthesis.outcome"
+SYNTHESIS_OUTCOMES: Final = ("finished", "failed", "cancelled", "broken", "not_started")
 # return: returned | discarded, and why
 RETURN_RESULT: Final = "cosyvoice.return.result"
 RETURN_REASON: Final = "cosyvoice.return.reason"
@@ -67,6 +68,8 @@ CONNECT_RESULT: Final = "cosyvoice.connect.result"
 CONNECTION_REPLACES: Final = "cosyvoice.connection.replaces"
 CONNECTION_STATE: Final = "cosyvoice.connection.state"
 CLOSE_REASON: Final = "cosyvoice.connection.close_reason"
+# Why the pool closes a connection (the reasons sidecar.pool gives its closes).
+CLOSE_REASONS: Final = ("renewed", "failed", "stale", "shrunk", "reclaimed", "shutdown")
 # An upstream event of a name the sidecar does not know.
 EVENT_NAME: Final = "dashscope.event"
 

@@ -29,12 +29,19 @@ from tests.timing import scaled
 
 __all__ = [
     "BASE",
+    "COMPONENT",
     "DEPLOY",
     "DOCKERFILE",
+    "EXAMPLE",
+    "HELM",
     "OVERLAY",
+    "PODMONITOR",
     "REPO",
     "Image",
+    "env_of",
+    "kustomize_build",
     "load_yaml",
+    "pod_spec",
     "require_executable",
     "sidecar_container",
     "stage",
@@ -45,6 +52,10 @@ DOCKERFILE = REPO / "Dockerfile"
 DEPLOY = REPO / "deploy" / "kubernetes"
 BASE = DEPLOY / "base"
 OVERLAY = DEPLOY / "overlays" / "unix-socket"
+COMPONENT = DEPLOY / "components" / "sidecar"
+PODMONITOR = DEPLOY / "components" / "podmonitor"
+EXAMPLE = DEPLOY / "examples" / "existing-app"
+HELM = REPO / "deploy" / "helm"
 SCRIPT = "install-runtime.sh"
 # Where the image keeps what the test rebuilds; any other absolute path in a
 # RUN line of the install would mean the test no longer mirrors the image.
@@ -72,9 +83,35 @@ def load_yaml(path: Path) -> list[dict[str, Any]]:
         return [doc for doc in yaml.safe_load_all(stream) if doc]
 
 
-def sidecar_container(pod_spec: Mapping[str, Any]) -> dict[str, Any]:
+def kustomize_build(target: Path) -> list[dict[str, Any]]:
+    """Return the documents ``kustomize build target`` renders (the pinned kustomize)."""
+    kustomize = require_executable("kustomize")
+    result = subprocess.run(  # noqa: S603 - a pinned tool, no shell
+        [kustomize, "build", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Return the pod spec of the one Deployment among ``docs``."""
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return spec
+
+
+def env_of(container: Mapping[str, Any]) -> dict[str, str]:
+    """Return a container's literal environment as a dict."""
+    return {e["name"]: e["value"] for e in container.get("env", [])}
+
+
+def sidecar_container(pod: Mapping[str, Any]) -> dict[str, Any]:
     """Return the ``cosyvoice-sidecar`` entry of a pod spec's initContainers."""
-    for container in pod_spec.get("initContainers", []):
+    for container in pod.get("initContainers", []):
         if container["name"] == "cosyvoice-sidecar":
             result: dict[str, Any] = container
             return result

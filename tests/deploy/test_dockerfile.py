@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import tomllib
 
-from tests.deploy.conftest import BASE, DOCKERFILE, REPO, load_yaml, require_executable, stage
+from tests.deploy.conftest import (
+    BASE,
+    COMPONENT,
+    DOCKERFILE,
+    REPO,
+    load_yaml,
+    require_executable,
+    sidecar_container,
+    stage,
+)
 from tests.deploy.dockerfile import parse
 from tests.timing import scaled
 
@@ -40,6 +50,17 @@ def test_two_stages_build_then_slim_runtime() -> None:
     assert global_args["RUNTIME_IMAGE"].startswith("python:3.11")
 
 
+def test_base_images_are_pinned_by_digest() -> None:
+    """Both base images are a tag pinned to a sha256 digest, of the same Python minor version."""
+    global_args, stages = parse(DOCKERFILE)
+    refs = {name: global_args[name] for name in ("BUILD_IMAGE", "RUNTIME_IMAGE")}
+    for name, ref in refs.items():
+        assert re.fullmatch(r"python:3\.11-[a-z0-9.-]+@sha256:[0-9a-f]{64}", ref), (name, ref)
+    # Wheels built in one are installed in the other.
+    assert {ref.split("-")[0] for ref in refs.values()} == {"python:3.11"}
+    assert [s.base for s in stages] == [refs["BUILD_IMAGE"], refs["RUNTIME_IMAGE"]]
+
+
 def test_runtime_contract() -> None:
     """Non-root numeric user, SIGTERM, `cosyvoice-sidecar serve`, loopback unless told."""
     runtime = stage("runtime")
@@ -58,6 +79,14 @@ def test_runtime_contract() -> None:
     (deployment,) = [d for d in load_yaml(BASE / "deployment.yaml") if d["kind"] == "Deployment"]
     pod_security = deployment["spec"]["template"]["spec"]["securityContext"]
     assert (pod_security["runAsUser"], pod_security["runAsGroup"]) == (int(uid), int(gid))
+    # The component sets the image's user on the sidecar's container itself.
+    (patch,) = load_yaml(COMPONENT / "sidecar.yaml")
+    sidecar = sidecar_container(patch["spec"]["template"]["spec"])
+    container_security = sidecar["securityContext"]
+    assert (container_security["runAsUser"], container_security["runAsGroup"]) == (
+        int(uid),
+        int(gid),
+    )
 
 
 def test_no_secret_in_the_image() -> None:

@@ -18,7 +18,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.emulator import Emulator, EmulatorKnobs
 from sidecar.server import SERVICE_NAME
-from tests.deploy.conftest import BASE, OVERLAY, REPO, Image, load_yaml, sidecar_container
+from tests.deploy.conftest import (
+    BASE,
+    OVERLAY,
+    REPO,
+    Image,
+    env_of,
+    kustomize_build,
+    pod_spec,
+    sidecar_container,
+)
 from tests.helpers import eventually, sha256, task_record
 from tests.timing import scaled
 
@@ -29,14 +38,20 @@ KEY = "sk-deploy-test-key-from-file"
 SECRET_MOUNT = "/var/run/secrets/dashscope"
 
 
-def _pod_spec(path: Path) -> dict[str, Any]:
-    (deployment,) = [d for d in load_yaml(path) if d["kind"] == "Deployment"]
-    spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
-    return spec
+# Tests bind loopback only: the manifests' metrics address, moved to a free loopback port.
+LOOPBACK_METRICS = {
+    "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
+    "OTEL_EXPORTER_PROMETHEUS_PORT": "0",
+}
 
 
-def _env(container: Mapping[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container.get("env", [])}
+def _sidecar(target: Path) -> dict[str, Any]:
+    """The sidecar container as `kustomize build` renders it for ``target``."""
+    return sidecar_container(pod_spec(kustomize_build(target)))
+
+
+def _manifest_env(sidecar: Mapping[str, Any]) -> dict[str, str]:
+    return env_of(sidecar) | LOOPBACK_METRICS
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -116,8 +131,8 @@ def test_install_puts_the_wheel_in_a_clean_virtualenv(image: Image) -> None:
 
 async def test_entrypoint_serves_with_environment_only(image: Image, tmp_path: Path) -> None:
     """The ENTRYPOINT with the manifest's env and a key file warms, answers SERVING, speaks."""
-    sidecar = sidecar_container(_pod_spec(BASE / "deployment.yaml"))
-    manifest_env = _env(sidecar)
+    sidecar = _sidecar(BASE)
+    manifest_env = _manifest_env(sidecar)
     key_file = _key_file(tmp_path, manifest_env["DASHSCOPE_API_KEY_FILE"])
     cwd = tmp_path / "cwd"
     cwd.mkdir()
@@ -136,7 +151,8 @@ async def test_entrypoint_serves_with_environment_only(image: Image, tmp_path: P
         assert not any(name.startswith("DASHSCOPE_API_KEY=") for name in env)
         async with _entrypoint(image, env, cwd) as (proc, address):
             readiness = sidecar["readinessProbe"]["grpc"].get("service", "")
-            for service in ("", SERVICE_NAME, readiness):
+            liveness = sidecar["livenessProbe"]["grpc"]["service"]
+            for service in ("", SERVICE_NAME, readiness, liveness):
                 assert await _health(address, service) == health_pb2.HealthCheckResponse.SERVING
 
             async with AsyncSynthesizerClient(address) as client:
@@ -183,8 +199,8 @@ def _kubelet_write(secret_dir: Path, files: Mapping[str, str], generation: int) 
 
 async def test_entrypoint_follows_a_rotated_secret(image: Image, tmp_path: Path) -> None:
     """A key rotated in the Secret volume reaches new upstream connections without a restart."""
-    sidecar = sidecar_container(_pod_spec(BASE / "deployment.yaml"))
-    manifest_env = _env(sidecar)
+    sidecar = _sidecar(BASE)
+    manifest_env = _manifest_env(sidecar)
     key_name = Path(manifest_env["DASHSCOPE_API_KEY_FILE"]).name
     secret_dir = tmp_path / "secret"
     _kubelet_write(secret_dir, {key_name: KEY}, generation=1)
@@ -242,16 +258,15 @@ async def test_unix_socket_overlay_probes(
     image: Image, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """The overlay's exec probes pass against the entrypoint on its socket, fail once it stops."""
-    patch = load_yaml(OVERLAY / "unix-socket.yaml")[0]["spec"]["template"]["spec"]
-    overlay = sidecar_container(patch)
+    overlay = _sidecar(OVERLAY)
     (mount,) = [m for m in overlay["volumeMounts"] if m["name"] == "sidecar-socket"]
     socket_dir = str(tmp_path_factory.mktemp("sock"))  # short: socket paths max ~107 bytes
 
     def local(text: str) -> str:
         return text.replace(mount["mountPath"], socket_dir)
 
-    base_env = _env(sidecar_container(_pod_spec(BASE / "deployment.yaml")))
-    listen = local(_env(overlay)["COSYVOICE_SIDECAR_LISTEN"])
+    base_env = _manifest_env(overlay)
+    listen = local(base_env["COSYVOICE_SIDECAR_LISTEN"])
     assert listen.startswith("unix://"), listen
     key_file = _key_file(tmp_path, base_env["DASHSCOPE_API_KEY_FILE"])
     cwd = tmp_path / "cwd"

@@ -247,7 +247,11 @@ async def test_cancelled_stream_span_tree(
     assert returned["cosyvoice.return.reason"] == "cancelled"
     await assert_pool_settles(server, emulator)
     tasks = otel.metrics()["cosyvoice.synthesis.tasks"]
-    assert point_value(tasks, **{"cosyvoice.synthesis.outcome": "cancelled"}) == 1
+    cancelled = {
+        "cosyvoice.synthesis.outcome": "cancelled",
+        "dashscope.model": "cosyvoice-v3-flash",
+    }
+    assert point_value(tasks, **cancelled) == 1
 
 
 async def test_pool_exhausted_call_has_only_a_failed_borrow(

@@ -1,0 +1,159 @@
+"""deploy/helm: the library chart lints, and the example chart renders the kustomize sidecar."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import (
+    BASE,
+    HELM,
+    kustomize_build,
+    pod_spec,
+    require_executable,
+    sidecar_container,
+)
+from tests.deploy.test_manifests import KUBERNETES_VERSIONS, validate_docs
+from tests.timing import scaled
+
+LIBRARY = "cosyvoice-sidecar"
+EXAMPLE = "example-app"
+RELEASE = "tts"
+
+
+class Helm:
+    """The pinned helm, on a copy of deploy/helm, with its caches and config in that copy."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.binary = require_executable("helm")
+        homes = ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME")
+        self.env = dict(os.environ) | {name: str(root / ".helm" / name) for name in homes}
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # noqa: S603 - a pinned tool, no shell
+            [self.binary, *args],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=scaled(60),
+            check=False,
+        )
+
+    def template(self, *sets: str) -> list[dict[str, Any]]:
+        """Render the example chart (release "tts") with ``--set`` values."""
+        options = [f"--set={s}" for s in sets]
+        result = self.run("template", RELEASE, EXAMPLE, *options)
+        assert result.returncode == 0, result.stderr
+        return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    """deploy/helm copied aside, the example's dependency on the library resolved there."""
+    root = tmp_path_factory.mktemp("helm")
+    for chart in (LIBRARY, EXAMPLE):
+        shutil.copytree(HELM / chart, root / chart)
+    tool = Helm(root)
+    # file://../cosyvoice-sidecar: packaged into example-app/charts, no network.
+    result = tool.run("dependency", "update", "--skip-refresh", EXAMPLE)
+    assert result.returncode == 0, result.stderr
+    return tool
+
+
+def _env(container: Mapping[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container["env"]}
+
+
+def _without_env(container: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in container.items() if k != "env"}
+
+
+@pytest.mark.parametrize("chart", [LIBRARY, EXAMPLE])
+def test_helm_lint_strict(helm: Helm, chart: str) -> None:
+    """helm lint --strict passes for the library and the example chart."""
+    result = helm.run("lint", "--strict", chart)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+def test_library_chart_installs_nothing_by_itself(helm: Helm) -> None:
+    """A library chart: it can only be included in the pods of the chart that depends on it."""
+    (chart,) = yaml.safe_load_all((HELM / LIBRARY / "Chart.yaml").read_text())
+    assert chart["type"] == "library"
+    result = helm.run("template", RELEASE, LIBRARY)
+    assert result.returncode != 0
+    assert "library" in result.stderr.lower(), result.stderr
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_helm_template_validates(helm: Helm, version: str, tmp_path: Path) -> None:
+    """The example chart's rendering (PodMonitor on) passes strict schema validation."""
+    docs = helm.template("cosyvoiceSidecar.metrics.podMonitor.enabled=true")
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == [
+        "Deployment",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "PodMonitor",
+        "Service",
+    ]
+    validate_docs(docs, version, tmp_path)
+
+
+def test_helm_renders_the_kustomize_sidecar(helm: Helm) -> None:
+    """Container, volumes, pod label and annotations, grace, scraper rule: as kustomize renders."""
+    rendered = helm.template()
+    built = kustomize_build(BASE)
+    helm_pod, kustomize_pod = pod_spec(rendered), pod_spec(built)
+    helm_sidecar = sidecar_container(helm_pod)
+    kustomize_sidecar = sidecar_container(kustomize_pod)
+    # The environment is a set of settings: the order of its entries means nothing.
+    assert _env(helm_sidecar) == _env(kustomize_sidecar)
+    assert _without_env(helm_sidecar) == _without_env(kustomize_sidecar)
+
+    def sidecar_volumes(pod: dict[str, Any]) -> list[dict[str, Any]]:
+        return [v for v in pod["volumes"] if v["name"].startswith("cosyvoice-sidecar-")]
+
+    assert sidecar_volumes(helm_pod) == sidecar_volumes(kustomize_pod)
+    assert len(sidecar_volumes(helm_pod)) == len(helm_sidecar["volumeMounts"])
+    templates = [
+        next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]
+        for docs in (rendered, built)
+    ]
+    assert templates[0]["metadata"]["annotations"] == templates[1]["metadata"]["annotations"]
+    for template in templates:
+        assert template["metadata"]["labels"]["cosyvoice-sidecar/injected"] == "true"
+    assert (
+        helm_pod["terminationGracePeriodSeconds"] == kustomize_pod["terminationGracePeriodSeconds"]
+    )
+    policies = [next(d for d in docs if d["kind"] == "NetworkPolicy") for docs in (rendered, built)]
+    assert policies[0]["spec"]["ingress"] == policies[1]["spec"]["ingress"]
+
+
+def test_helm_values_change_the_sidecar(helm: Helm) -> None:
+    """Settings merge over the defaults; metrics off removes the port, env, annotations, rule."""
+    docs = helm.template(
+        "cosyvoiceSidecar.settings.COSYVOICE_SIDECAR_POOL_MAX_SIZE=20",
+        "cosyvoiceSidecar.metrics.enabled=false",
+        "cosyvoiceSidecar.image.tag=9.9.9",
+    )
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    sidecar = sidecar_container(deployment["spec"]["template"]["spec"])
+    env = _env(sidecar)
+    assert env["COSYVOICE_SIDECAR_POOL_MAX_SIZE"] == "20"
+    assert env["COSYVOICE_SIDECAR_POOL_MIN_IDLE"] == "2"  # a default kept
+    assert not [name for name in env if name.startswith("OTEL_")]
+    assert [p["name"] for p in sidecar["ports"]] == ["sidecar-grpc"]
+    assert sidecar["image"].endswith(":9.9.9")
+    assert "annotations" not in deployment["spec"]["template"]["metadata"]
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert [r["ports"][0]["port"] for r in policy["spec"]["ingress"]] == [8080]
