@@ -166,7 +166,12 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                     await writer.started(started)
                     await writer.run()
             except SidecarError as exc:
-                code = await self._refuse(exc, context, request_id, writer)
+                status = status_for(exc, self._upstream_host)
+                code = _code(status.code)
+                log.info("%s: %s", code.name, exc)
+                # Nothing reached the caller yet: a retry policy may try again after the hint.
+                fresh = writer is None or not writer.wrote_response
+                await _abort(context, status, request_id, retry_after_s(exc) if fresh else None)
             except asyncio.CancelledError:
                 code = _cancelled_code(context)
                 raise
@@ -183,23 +188,6 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                         self._idle.set()
                     fields["dashscope_request_uuid"] = call.request_uuid
                 _access_line(method, code, started_at, call)
-
-    async def _refuse(
-        self,
-        exc: SidecarError,
-        context: _Context,
-        request_id: str,
-        writer: ResponseWriter | None,
-    ) -> grpc.StatusCode:
-        status = status_for(exc, self._upstream_host)
-        code = next(c for c in grpc.StatusCode if c.value[0] == status.code)
-        log.info("%s: %s", code.name, exc)
-        pushback = None
-        if writer is None or not writer.wrote_response:
-            # Nothing reached the caller: a retry policy may try again after the hint.
-            pushback = retry_after_s(exc)
-        await _abort(context, status, request_id, pushback)
-        return code
 
     def _admit(self, call: Call) -> None:
         if self._draining:
@@ -223,8 +211,11 @@ async def _abort(
     ]
     if pushback_s is not None:
         trailers.append((_PUSHBACK, str(int(pushback_s * 1000))))
-    code = next(c for c in grpc.StatusCode if c.value[0] == status.code)
-    await context.abort(code, status.message, trailing_metadata=tuple(trailers))
+    await context.abort(_code(status.code), status.message, trailing_metadata=tuple(trailers))
+
+
+def _code(value: int) -> grpc.StatusCode:
+    return next(c for c in grpc.StatusCode if c.value[0] == value)
 
 
 def _access_line(method: str, code: grpc.StatusCode, started_at: float, call: Call | None) -> None:

@@ -24,10 +24,9 @@ settings:
   COSYVOICE_SIDECAR_POOL_MIN_IDLE: "2"
   # Per pod: (replicas + maxSurge) x this within your concurrent-task quota.
   COSYVOICE_SIDECAR_POOL_MAX_SIZE: "10"
-  # Keep drain grace + cancel timeout + ~8 s + your app's shutdown below the
-  # pod's terminationGracePeriodSeconds.
+  # Keep drain grace + ~8 s + your app's shutdown below the pod's
+  # terminationGracePeriodSeconds.
   COSYVOICE_SIDECAR_DRAIN_GRACE_S: "10"
-  COSYVOICE_SIDECAR_CANCEL_TIMEOUT_S: "2"
   COSYVOICE_SIDECAR_LOG_LEVEL: info
 # More env entries, as in a container spec (valueFrom allowed), e.g. OTLP:
 # - {name: OTEL_EXPORTER_OTLP_ENDPOINT, value: "http://otel-collector:4317"}

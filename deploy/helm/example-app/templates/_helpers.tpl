@@ -5,12 +5,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/*
 terminationGracePeriodSeconds: the app's shutdown, then the sidecar's (drain
-grace + upstream cancel + 1 s + 7 s to close the pool, with margin), since a
-native sidecar is stopped only after the app containers have exited.
+grace, then 2 s for the calls it ends and up to 5 s to close the pool, plus 3 s
+of margin), since a native sidecar is stopped only after the app containers
+have exited.
 */}}
 {{- define "tts-app.gracePeriod" -}}
 {{- $sidecar := include "cosyvoice-sidecar.values" (dict "values" .Values.cosyvoiceSidecar) | fromYaml -}}
 {{- $drain := $sidecar.settings.COSYVOICE_SIDECAR_DRAIN_GRACE_S | float64 -}}
-{{- $cancel := $sidecar.settings.COSYVOICE_SIDECAR_CANCEL_TIMEOUT_S | float64 -}}
-{{- add (int .Values.appShutdownSeconds) (int (ceil (addf $drain $cancel 8))) -}}
+{{- add (int .Values.appShutdownSeconds) (int (ceil (addf $drain 10))) -}}
 {{- end -}}
