@@ -42,7 +42,7 @@ async def _call(
             yield request
 
     call = client._stub.StreamingSynthesize(
-        gen(),  # type: ignore[arg-type]
+        gen(),
         timeout=scaled(5),
         metadata=metadata,
     )
