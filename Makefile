@@ -23,12 +23,12 @@ BUF := github.com/bufbuild/buf/cmd/buf@v1.75.0
 # v5.8.3 needs Go >= 1.27; v5.8.2 builds with the machine's Go 1.26.
 KUSTOMIZE := sigs.k8s.io/kustomize/kustomize/v5@v5.8.2
 
-.PHONY: run test venv tools proto proto-check lint typecheck test-python test-go test-java bench clean
+.PHONY: run test venv tools redis proto proto-check lint typecheck test-python test-go test-java bench clean
 
 run: venv
 	./scripts/run-demo.sh
 
-test: venv tools
+test: venv tools redis
 	$(MAKE) --no-print-directory lint typecheck proto-check test-python test-go test-java
 
 venv: $(VENV)/.installed
@@ -54,6 +54,21 @@ $(TOOLS)/.installed: Makefile
 	go install $(BUF)
 	go install $(KUSTOMIZE)
 	touch $@
+
+# Debian's redis-server for tests/fleet (the fleet quota is coordinated on Redis). Installed
+# with apt when missing and we are root; otherwise an error in CI, and elsewhere a warning
+# (those tests then skip, saying why). The package may start a default instance; the tests
+# never use it: each starts its own on a free loopback port.
+redis:
+	@if command -v redis-server >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; \
+	elif [ -n "$${CI:-}" ]; then \
+	  echo "error: redis-server is required in CI (apt-get install redis-server)" >&2; exit 1; \
+	else \
+	  echo "warning: redis-server not found; tests/fleet will skip (apt-get install redis-server)" >&2; \
+	fi
 
 # Regenerate every language's checked-in code from protos/ (Java generates at build time).
 proto: venv tools
