@@ -239,12 +239,15 @@ class FleetQuota:
         granted = self._ledger.wait(ticket)
         rank = 0
         try:
-            async with asyncio.timeout_at(deadline):
+            # timeout_s <= 0: one try, bounded by the Redis timeout only.
+            async with asyncio.timeout_at(deadline if timeout_s > 0 else None):
                 reply = AcquireReply.parse(
                     await self._run(self._acquire_script, self._args(ticket))
                 )
                 self._observe(reply.summary)
                 rank = reply.rank
+                if not reply.granted and timeout_s <= 0:
+                    raise TimeoutError
                 ok = reply.granted or await granted
         except TimeoutError as exc:
             self._ledger.release(ticket)
@@ -497,6 +500,9 @@ class FleetQuota:
                         self._ledger.granted(data.decode() if isinstance(data, bytes) else data)
             except _REDIS_ERRORS as exc:
                 log.debug("fleet quota: wake-up subscription lost (%s)", exc)
+                # Perhaps Redis is gone: a SYNC now tells, and the waiters learn it at once.
+                self._full_sync_due = True
+                self._sync_now.set()
             finally:
                 with contextlib.suppress(*_REDIS_ERRORS):
                     await pubsub.aclose()
