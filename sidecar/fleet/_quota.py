@@ -49,7 +49,7 @@ from sidecar.fleet._scripts import (
     SyncReply,
     sync_args,
 )
-from sidecar.fleet._settings import FleetSettings
+from sidecar.fleet._settings import FleetSettings, redact_text
 from sidecar.retry import backoff_delays
 
 __all__ = ["FleetQuota", "FleetSlot", "FleetStatus"]
@@ -310,14 +310,20 @@ class FleetQuota:
         self._ledger.release_all()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # return_exceptions: the tasks' own CancelledError is expected; ours still raises.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if was_running and self._link.up and self._ledger.released:
             try:
                 await self._sync(full=False)
             except _REDIS_ERRORS as exc:
-                log.warning("fleet quota: could not return slots on close (%s)", exc)
+                # Not returned: they expire in Redis within one lease TTL.
+                log.warning(
+                    "fleet quota: could not return %d slots on close (%s); they expire "
+                    "within %gs",
+                    len(self._ledger.released),
+                    redact_text(str(exc), self.settings.secrets),
+                    self.settings.lease_ttl_s,
+                )
         if self._client is not None:
             await self._client.aclose()
         self._state = "closed"
