@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import tempfile
 from typing import IO
 
+from tests.fleet.tls import ServerTls
 from tests.timing import scaled
 
 __all__ = ["RedisServer"]
@@ -31,9 +33,12 @@ def _free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process; :meth:`stop` and :meth:`start` again keep the port."""
 
-    def __init__(self, binary: str, *, password: str | None = None) -> None:
+    def __init__(
+        self, binary: str, *, password: str | None = None, tls: ServerTls | None = None
+    ) -> None:
         self.binary = binary
         self.password = password
+        self.tls = tls  # TLS only (no plain port): rediss:// URLs
         self.port: int | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self._log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
@@ -46,6 +51,8 @@ class RedisServer:
     def url(self) -> str:
         assert self.port is not None
         auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls.ca}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     async def start(self) -> None:
@@ -61,10 +68,15 @@ class RedisServer:
         raise AssertionError(f"redis-server did not start:\n{self.log()}")
 
     async def _start_on(self, port: int) -> bool:
+        if self.tls:
+            listen = ["--port", "0", "--tls-port", str(port), "--tls-auth-clients", "no"]
+            listen += ["--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key)]
+            listen += ["--tls-ca-cert-file", str(self.tls.ca)]
+        else:
+            listen = ["--port", str(port)]
         args = [
             self.binary,
-            "--port",
-            str(port),
+            *listen,
             "--bind",
             "127.0.0.1",
             "--save",
@@ -96,7 +108,8 @@ class RedisServer:
 
     async def _answers(self, port: int) -> bool:
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            context = ssl.create_default_context(cafile=str(self.tls.ca)) if self.tls else None
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
         except OSError:
             return False
         try:

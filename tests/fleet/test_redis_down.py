@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -12,6 +13,7 @@ from redis.asyncio import Redis
 from sidecar.fleet import FleetExhausted, FleetQuota, FleetUnavailable
 from tests.fleet.redis_server import RedisServer
 from tests.fleet.support import MakeQuota, assert_settles, fleet_settings, redis_sets
+from tests.fleet.tls import make_server_tls
 from tests.helpers import eventually, require_executable
 from tests.timing import scaled
 
@@ -147,4 +149,25 @@ async def test_the_password_never_shows(caplog: pytest.LogCaptureFixture) -> Non
     finally:
         for quota in quotas:
             await quota.aclose()
+        await server.close()
+
+
+async def test_redis_over_tls(tmp_path: Path) -> None:
+    """rediss:// with the CA in the URL's query: slots are taken and returned over TLS."""
+    server = RedisServer(require_executable("redis-server"), tls=make_server_tls(tmp_path))
+    await server.start()
+    quota = FleetQuota(fleet_settings(server.url, quota=1))
+    try:
+        await quota.start()
+        slot = await quota.acquire(scaled(1))
+        assert slot.enforced
+        assert quota.status().enforced
+        with pytest.raises(FleetExhausted):
+            await quota.acquire(0)
+        slot.release()
+        again = await quota.acquire(scaled(1))
+        assert again.enforced
+        again.release()
+    finally:
+        await quota.aclose()
         await server.close()
