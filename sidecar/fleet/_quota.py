@@ -318,8 +318,7 @@ class FleetQuota:
             except _REDIS_ERRORS as exc:
                 # Not returned: they expire in Redis within one lease TTL.
                 log.warning(
-                    "fleet quota: could not return %d slots on close (%s); they expire "
-                    "within %gs",
+                    "fleet quota: could not return %d slots on close (%s); they expire within %gs",
                     len(self._ledger.released),
                     redact_text(str(exc), self.settings.secrets),
                     self.settings.lease_ttl_s,
