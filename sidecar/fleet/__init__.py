@@ -53,8 +53,9 @@ How it is meant to be wired (by the integration, not done here):
 from __future__ import annotations
 
 from sidecar.fleet._errors import FleetError, FleetExhausted, FleetUnavailable
-from sidecar.fleet._quota import FleetQuota, FleetSlot, FleetStatus
+from sidecar.fleet._quota import FleetQuota
 from sidecar.fleet._settings import FleetSettings, redact_url
+from sidecar.fleet._slot import FleetSlot, FleetStatus
 
 __all__ = [
     "FleetError",

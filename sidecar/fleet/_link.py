@@ -6,22 +6,28 @@ Redis at all (``open``: local slots; ``closed``: FleetUnavailable) and only the
 renewer probes it, with a jittered backoff. Its first success marks the link up
 again and, in the same round trip, registers the slots this process held
 meanwhile. The warning repeats at most once a minute while Redis stays away.
+
+:func:`keep_cancels` wraps every redis-py await: on Python 3.11 redis-py can
+lose a cancellation (see there).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Awaitable, Callable
+from typing import Final, TypeVar
 
 from sidecar.fleet._settings import FleetSettings, redact_text, redact_url
 
-__all__ = ["RedisLink"]
+__all__ = ["RedisLink", "keep_cancels"]
 
 log = logging.getLogger("sidecar.fleet")
 
 WARN_INTERVAL_S: Final = 60.0
+
+_T = TypeVar("_T")
 
 
 class RedisLink:
@@ -78,3 +84,21 @@ class RedisLink:
             self._clock() - self._down_since,
         )
         return True
+
+
+async def keep_cancels(operation: Awaitable[_T]) -> _T:
+    """Await a redis-py operation; raise the cancellation it swallowed, if it did.
+
+    On Python 3.11, ``asyncio.wait_for`` (redis-py reads sockets through it) returns
+    the result instead of raising when a cancellation arrives just as the result
+    does (CPython gh-86296, fixed in 3.12 by building it on ``asyncio.timeout``).
+    The cancel request is lost, and a cancelled acquire would go on, or the
+    renewer never stop. ``Task.cancelling()`` still counts the request.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    requests = task.cancelling()
+    result = await operation
+    if task.cancelling() > requests:
+        raise asyncio.CancelledError
+    return result

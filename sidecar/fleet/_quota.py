@@ -26,8 +26,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -38,7 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sidecar.fleet._errors import FleetExhausted, FleetUnavailable
 from sidecar.fleet._ledger import Ledger
-from sidecar.fleet._link import RedisLink
+from sidecar.fleet._link import RedisLink, keep_cancels
 from sidecar.fleet._rate import StartRate
 from sidecar.fleet._scripts import (
     ACQUIRE,
@@ -50,13 +49,12 @@ from sidecar.fleet._scripts import (
     sync_args,
 )
 from sidecar.fleet._settings import FleetSettings, redact_text
+from sidecar.fleet._slot import FleetSlot, FleetStatus
 from sidecar.retry import backoff_delays
 
-__all__ = ["FleetQuota", "FleetSlot", "FleetStatus"]
+__all__ = ["FleetQuota"]
 
 log = logging.getLogger("sidecar.fleet")
-
-_T = TypeVar("_T")
 
 # Redis errors, and OSError for what redis-py lets through from sockets and TLS.
 _REDIS_ERRORS: Final = (RedisError, OSError)
@@ -68,84 +66,6 @@ _PROBE_MAX_S: Final = 2.0
 _EXPIRY_SLACK_S: Final = 0.005
 # The hold time assumed before any slot was returned (for the retry-after hint).
 _DEFAULT_HOLD_S: Final = 1.0
-
-
-async def _keep_cancels(operation: Awaitable[_T]) -> _T:
-    """Await a redis-py operation; raise the cancellation it swallowed, if it did.
-
-    On Python 3.11, ``asyncio.wait_for`` (redis-py reads sockets through it) returns
-    the result instead of raising when a cancellation arrives just as the result
-    does (CPython gh-86296, fixed in 3.12 by building it on ``asyncio.timeout``).
-    The cancel request is lost, and a cancelled acquire would go on, or the
-    renewer never stop. ``Task.cancelling()`` still counts the request.
-    """
-    task = asyncio.current_task()
-    assert task is not None
-    requests = task.cancelling()
-    result = await operation
-    if task.cancelling() > requests:
-        raise asyncio.CancelledError
-    return result
-
-
-class FleetSlot:
-    """One slot of the fleet's quota, held while one DashScope task runs.
-
-    ``enforced`` is False for a local slot given while Redis was unreachable
-    (policy ``open``); it is registered in Redis when Redis answers again.
-    """
-
-    __slots__ = ("_quota", "acquired_at", "enforced", "id", "released", "wait_s")
-
-    def __init__(self, quota: FleetQuota, slot_id: str, *, enforced: bool, wait_s: float) -> None:
-        self._quota = quota
-        self.id = slot_id
-        self.enforced = enforced
-        self.wait_s = wait_s
-        self.acquired_at = time.monotonic()
-        self.released = False
-
-    def __repr__(self) -> str:
-        state = "released" if self.released else "held"
-        return f"<FleetSlot {self.id} {state} enforced={self.enforced}>"
-
-    def release(self) -> None:
-        """Give the slot back: never blocks, never raises, idempotent.
-
-        Only notes the id; the renewer tells Redis in its next round trip (at once).
-        """
-        if not self.released:
-            self.released = True
-            self._quota._release(self)
-
-
-@dataclass(frozen=True)
-class FleetStatus:
-    """A snapshot of the quota as this process sees it."""
-
-    enforced: bool
-    """True while Redis answers: the fleet-wide quota applies to new calls."""
-    key: str
-    quota: int
-    held: int
-    """Slots held by this process (running tasks), enforced or not."""
-    held_unenforced: int
-    """Of ``held``, local slots given while Redis was unreachable."""
-    waiting: int
-    """Calls of this process waiting for a slot."""
-    fleet_in_use: int | None
-    """Slots in use fleet-wide at this process's last round trip (None before the first)."""
-    fleet_waiting: int | None
-    """Tickets queued fleet-wide at the last round trip."""
-    reclaimed: int
-    """Slots taken back fleet-wide because their lease ran out (a holder died or was cut off)."""
-    adopted: int
-    """Slots of this process that Redis had lost and this process registered again."""
-    redis_errors: int
-    last_error: str | None
-    """The last Redis error, passwords scrubbed."""
-    round_trips: int
-    """Redis round trips made by this process (scripts and start-rate hits)."""
 
 
 class FleetQuota:
@@ -339,7 +259,7 @@ class FleetQuota:
     def _hold(self, slot_id: str, *, enforced: bool, started: float) -> FleetSlot:
         self._ledger.hold(slot_id, enforced=enforced)
         wait_s = asyncio.get_running_loop().time() - started
-        return FleetSlot(self, slot_id, enforced=enforced, wait_s=wait_s)
+        return FleetSlot(slot_id, self._release, enforced=enforced, wait_s=wait_s)
 
     def _without_redis(self, started: float) -> FleetSlot:
         if self.settings.on_redis_down == "closed":
@@ -393,7 +313,7 @@ class FleetQuota:
         """Await one Redis operation for at most the operation bound (a Redis timeout)."""
         try:
             async with asyncio.timeout(self._op_timeout_s):
-                return await _keep_cancels(operation)
+                return await keep_cancels(operation)
         except TimeoutError as exc:
             raise RedisTimeoutError(f"no answer from Redis within {self._op_timeout_s:g}s") from exc
 
@@ -495,7 +415,7 @@ class FleetQuota:
                 self._full_sync_due = True
                 self._sync_now.set()
                 while True:
-                    message = await _keep_cancels(
+                    message = await keep_cancels(
                         pubsub.get_message(
                             ignore_subscribe_messages=True, timeout=self.settings.renew_interval_s
                         )

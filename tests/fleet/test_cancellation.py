@@ -32,7 +32,7 @@ async def _cancel_after(quota: FleetQuota, steps: int, timeout_s: float) -> Flee
     task.cancel()
     try:
         # A cancelled acquire ends promptly: a cancellation swallowed on the way (see
-        # _keep_cancels) would let it wait on to its deadline.
+        # sidecar.fleet._link.keep_cancels) would let it wait on to its deadline.
         async with asyncio.timeout(scaled(1)):
             return await task
     except asyncio.CancelledError:

@@ -33,7 +33,7 @@ async def test_fail_open_grants_local_slots_and_resumes_after_a_restart(
     started = time.monotonic()
     also = await quota.acquire(scaled(1))  # no wait on Redis once it is known down
     assert not also.enforced
-    assert time.monotonic() - started < 0.1
+    assert time.monotonic() - started < scaled(0.1)
     status = quota.status()
     assert not status.enforced
     assert (status.held, status.held_unenforced) == (3, 2)

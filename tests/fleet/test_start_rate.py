@@ -31,10 +31,12 @@ async def test_starts_are_spaced_across_sidecars(make_quota: MakeQuota, redis: R
     print(  # noqa: T201 - the measurement, shown with -s
         f"\nstarts at {[round(t - starts[0], 2) for t in starts]}"
     )
-    # The window is Redis-side and counted with the sidecars' clocks; a reply takes a few
-    # ms to come back, hence the small margin. Slowness only widens the gaps.
-    assert min(gaps) >= 1.0 - 0.05
-    assert starts[-1] - starts[0] >= 2.0 - 0.05
+    # Each time is taken when acquire returned, a little after the start was counted; a
+    # busy machine delays some returns more than others, hence the (scaled) margin.
+    # Without the rate every gap would be about zero.
+    margin = scaled(0.1)
+    assert min(gaps) >= 1.0 - margin
+    assert starts[-1] - starts[0] >= 2.0 - margin
     await assert_settles(redis, a, b)
 
 
