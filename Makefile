@@ -24,17 +24,16 @@ BUF := github.com/bufbuild/buf/cmd/buf@v1.75.0
 KUSTOMIZE := sigs.k8s.io/kustomize/kustomize/v5@v5.8.2
 # helm template / helm lint of deploy/helm (tests/deploy).
 HELM := helm.sh/helm/v4/cmd/helm@v4.3.2
-# Debian packages that build and run the container image without a registry
-# or a Docker engine (scripts/build-image.sh, tests/deploy/test_container.py).
-IMAGE_TOOLS := podman buildah debootstrap
+# Debian packages the tests need (see the packages target).
+PACKAGES := podman buildah debootstrap redis-server
 IMAGE_TAG ?= localhost/cosyvoice-sidecar:dev
 
-.PHONY: run test venv tools image-tools image pin-base-images proto proto-check lint typecheck test-python test-go test-java bench clean
+.PHONY: run test venv tools packages image pin-base-images proto proto-check lint typecheck test-python test-go test-java bench clean
 
 run: venv
 	./scripts/run-demo.sh
 
-test: venv tools image-tools
+test: venv tools packages
 	$(MAKE) --no-print-directory lint typecheck proto-check test-python test-go test-java
 
 venv: $(VENV)/.installed
@@ -62,20 +61,23 @@ $(TOOLS)/.installed: Makefile
 	go install $(HELM)
 	touch $@
 
-# apt-get install of the image tools when one is missing: as root only (CI
-# runs as root); otherwise a warning, or an error when CI is set, since the
-# image tests must then fail rather than skip.
-image-tools:
-	@missing=""; for t in $(IMAGE_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+# Debian packages the tests need: podman, buildah and debootstrap build and run
+# the container image without a registry or a Docker engine (tests/deploy);
+# redis-server coordinates the fleet quota (tests/fleet, each test starting its
+# own on a free loopback port). apt-get installs what is missing, as root only
+# (CI runs as root); otherwise a warning, or an error when CI is set, since those
+# tests must then fail rather than skip.
+packages:
+	@missing=""; for t in $(PACKAGES); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing$$missing (apt-get)" >&2; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(IMAGE_TOOLS) >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	elif [ -n "$${CI:-}" ]; then echo "error:$$missing required in CI (apt-get as root)" >&2; exit 1; \
-	else echo "warning:$$missing not installed; the container image tests will skip" >&2; fi
+	else echo "warning:$$missing not installed; the tests that need them will skip" >&2; fi
 
 # The container image, built with podman on a debootstrap base (no registry).
-image: image-tools
+image: packages
 	./scripts/build-image.sh $(IMAGE_TAG)
 
 # Re-pin the Dockerfile's base images to their current digests (needs skopeo

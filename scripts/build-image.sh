@@ -19,7 +19,7 @@
 # from PyPI with the build machine's CA certificates, mounted read-only into
 # the RUN steps (never committed to a layer), so a TLS-inspecting proxy works.
 #
-# Needs root, podman and debootstrap (make image-tools installs them).
+# Needs root, podman and debootstrap (make packages installs them).
 # DEBIAN_MIRROR overrides the mirror (default http://deb.debian.org/debian).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +34,7 @@ base=localhost/cosyvoice-sidecar-base:$suite-$key
 cache=.tools/image-base/$suite-$key.tar
 
 for tool in podman debootstrap; do
-  command -v "$tool" >/dev/null || { echo "error: $tool is required (make image-tools)" >&2; exit 1; }
+  command -v "$tool" >/dev/null || { echo "error: $tool is required (make packages)" >&2; exit 1; }
 done
 
 if ! podman image exists "$base"; then
