@@ -35,6 +35,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sidecar.backoff import backoff_delays
 from sidecar.fleet._errors import FleetExhausted, FleetUnavailable
 from sidecar.fleet._ledger import Ledger
 from sidecar.fleet._link import RedisLink, keep_cancels
@@ -50,7 +51,6 @@ from sidecar.fleet._scripts import (
 )
 from sidecar.fleet._settings import FleetSettings, redact_text
 from sidecar.fleet._slot import FleetSlot, FleetStatus
-from sidecar.retry import backoff_delays
 
 __all__ = ["FleetQuota"]
 

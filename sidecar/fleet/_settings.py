@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from sidecar.config import ConfigError
+from sidecar.errors import ConfigError
 
 __all__ = ["REDIS_SCHEMES", "FleetSettings", "redact_text", "redact_url"]
 

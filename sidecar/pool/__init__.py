@@ -10,8 +10,8 @@ definition) and :class:`PoolStatus` (the counts, one snapshot). Inside:
   reclaim), tested without sockets;
 * ``_idle`` (the idle stack and renewal deadlines), ``_waiters`` (calls waiting,
   FIFO), ``_lease``, ``_opener`` (paced, traced connects), ``_gate`` (whether
-  connecting is allowed: pacing, backoff, the refused-key breaker),
-  ``_backoff`` (the pure policies behind the gate), ``_policy``.
+  connecting is allowed: pacing, backoff, the refused-key breaker, built on
+  :mod:`sidecar.backoff`), ``_policy``.
 """
 
 from __future__ import annotations

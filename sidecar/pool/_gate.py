@@ -2,7 +2,7 @@
 
 The pool decides *how many* sockets it wants; the :class:`ConnectGate`
 decides *whether and when* connecting is allowed, from the outcomes of the
-connects so far. It composes the pure policies of :mod:`sidecar.pool._backoff`:
+connects so far. It composes the pure policies of :mod:`sidecar.backoff`:
 
 * every connect takes a token from the bucket (``connect_burst``,
   ``connect_rate``), so a cold start or a mass reconnect never storms;
@@ -19,8 +19,8 @@ from __future__ import annotations
 import logging
 import random
 
+from sidecar.backoff import Breaker, TokenBucket, backoff_delays
 from sidecar.errors import UpstreamAuthError, UpstreamError
-from sidecar.pool._backoff import Breaker, TokenBucket, backoff_delays
 from sidecar.pool._policy import PoolPolicy
 
 __all__ = ["ConnectGate"]

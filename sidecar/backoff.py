@@ -1,4 +1,5 @@
-"""Connect backoff as data and pure functions: how the pool paces its connects.
+"""Backoff as data and pure functions: how the pool paces its connects, and the
+fleet quota its Redis reconnects.
 
 * :func:`backoff_delays`: jittered exponential pauses between failed attempts.
 * :class:`TokenBucket`: the connect rate limiter, so a cold start or a mass
