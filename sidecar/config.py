@@ -15,6 +15,7 @@ derived from them, so a pool setting is defined once.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hmac
 import os
 import re
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from sidecar.errors import ConfigError
+from sidecar.fleet import FleetSettings
 from sidecar.pool import PoolPolicy, option_name
 from sidecar.telemetry import LOG_FORMATS
 
@@ -64,6 +66,8 @@ API_KEY_FILE_ENV: Final = "DASHSCOPE_API_KEY_FILE"
 # A bearer token callers must present; like the API key, never a flag.
 AUTH_TOKEN_ENV: Final = "COSYVOICE_SIDECAR_AUTH_TOKEN"  # noqa: S105 - a variable name
 AUTH_TOKEN_FILE_ENV: Final = "COSYVOICE_SIDECAR_AUTH_TOKEN_FILE"  # noqa: S105
+# The fleet's Redis URL may hold a password: a file keeps it out of the environment.
+FLEET_URL_FILE_ENV: Final = "COSYVOICE_SIDECAR_FLEET_REDIS_URL_FILE"
 
 
 class Secret:
@@ -116,6 +120,7 @@ class Config:
     tls_client_ca: str | None = None
     max_streams: int = 256
     pool: PoolPolicy = field(default_factory=PoolPolicy)
+    fleet: FleetSettings | None = None
     connect_timeout_s: float = 5.0
     start_timeout_s: float = 10.0
     finish_timeout_s: float = 60.0
@@ -191,6 +196,7 @@ class Option:
     parse: Callable[[str], Any] = str
     choices: tuple[str, ...] | None = None
     policy_field: str | None = None  # the PoolPolicy field, for a pool setting
+    fleet_field: str | None = None  # the FleetSettings field, for a fleet quota setting
 
     @property
     def flag(self) -> str:
@@ -204,6 +210,9 @@ class Option:
     def default(self) -> Any:
         if self.policy_field is not None:
             return getattr(_DEFAULT_POLICY, self.policy_field)
+        if self.fleet_field is not None:
+            default = _FLEET_FIELDS[self.fleet_field].default
+            return None if default is dataclasses.MISSING else default
         return getattr(_DEFAULTS, self.name)
 
 
@@ -211,6 +220,7 @@ _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
 _PARSERS: Final[dict[str, Callable[[str], Any]]] = {"int": int, "float": float, "bool": _bool}
 _DEFAULT_POLICY: Final = PoolPolicy()
+_FLEET_FIELDS: Final = {f.name: f for f in fields(FleetSettings)}
 _DEFAULTS: Final = Config()
 
 
@@ -296,6 +306,40 @@ OPTIONS: Final = (
         "unreachable or refuses the key (default: only the Synthesizer service does)",
         _bool,
     ),
+    Option(
+        "fleet_redis_url",
+        "Redis URL (redis:// or rediss://) of the fleet quota, shared by every sidecar of the "
+        "same --fleet-key: with it, at most --fleet-quota DashScope tasks run fleet-wide. A "
+        "URL with a password belongs in the file named by COSYVOICE_SIDECAR_FLEET_REDIS_URL_FILE",
+        fleet_field="redis_url",
+    ),
+    Option(
+        "fleet_quota",
+        "DashScope tasks that may run at once across the fleet (the account's concurrency "
+        "quota for the model family)",
+        int,
+        fleet_field="quota",
+    ),
+    Option("fleet_key", "which quota: e.g. account and model family", fleet_field="key"),
+    Option(
+        "fleet_start_rate",
+        "task starts per second across the fleet, against Throttling.BurstRate (unset: no limit)",
+        float,
+        fleet_field="start_rate",
+    ),
+    Option(
+        "fleet_lease_ttl_s",
+        "seconds after which the fleet slots of a sidecar that died or lost Redis come back",
+        float,
+        fleet_field="lease_ttl_s",
+    ),
+    Option(
+        "fleet_on_redis_down",
+        "Redis unreachable: open (calls go on with local limits only) or closed (calls fail "
+        "UNAVAILABLE)",
+        choices=("open", "closed"),
+        fleet_field="on_redis_down",
+    ),
     Option("log_level", "log level", choices=LOG_LEVELS),
     Option(
         "log_format",
@@ -347,6 +391,7 @@ def config_from_args(
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
     policy: dict[str, Any] = {}
+    fleet: dict[str, Any] = {}
     for option in OPTIONS:
         value = getattr(args, option.name, None)
         if value is None and option.env in env:
@@ -361,6 +406,8 @@ def config_from_args(
             continue
         if option.policy_field is not None:
             policy[option.policy_field] = value
+        elif option.fleet_field is not None:
+            fleet[option.fleet_field] = value
         else:
             values[option.name] = value
 
@@ -383,8 +430,28 @@ def config_from_args(
             "holding it (or pass --emulator to try the sidecar without one)"
         )
     values["pool"] = PoolPolicy(**policy)
+    values["fleet"] = _fleet(fleet, env)
     known = {f.name for f in fields(Config)}
     return Config(**{k: v for k, v in values.items() if k in known})
+
+
+def _fleet(values: dict[str, Any], env: Mapping[str, str]) -> FleetSettings | None:
+    """The fleet quota's settings, or None when no Redis URL turns it on."""
+    url = _read_secret(env, "", FLEET_URL_FILE_ENV)
+    if url is not None and "redis_url" in values:
+        raise ConfigError(
+            f"give the fleet's Redis URL once: flag, variable or {FLEET_URL_FILE_ENV}"
+        )
+    if url is not None:
+        values["redis_url"] = url.reveal()
+    if "redis_url" not in values:
+        if values:
+            names = ", ".join(f"--fleet-{k.removesuffix('_s').replace('_', '-')}" for k in values)
+            raise ConfigError(f"{names} need --fleet-redis-url (the fleet quota is off without it)")
+        return None
+    if "quota" not in values:
+        raise ConfigError("--fleet-redis-url needs --fleet-quota (the fleet's concurrent tasks)")
+    return FleetSettings(**values)
 
 
 def _env_flag(env: Mapping[str, str], name: str) -> bool:
@@ -402,5 +469,5 @@ def _read_secret(env: Mapping[str, str], variable: str, file_variable: str) -> S
         if not value:
             raise ConfigError(f"{file_variable}: {path} is empty")
         return Secret(value)
-    value = env.get(variable, "").strip()
+    value = env.get(variable, "").strip() if variable else ""
     return Secret(value) if value else None

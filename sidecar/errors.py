@@ -14,8 +14,13 @@ it becomes INTERNAL, and its traceback is logged once.
     ├── CallerIdle              no text and no finish for too long (FAILED_PRECONDITION)
     ├── CallerStalled           the caller stopped reading its audio for too long
     │                           (FAILED_PRECONDITION)
-    ├── TooManyStreams          over the admitted number of concurrent calls (RESOURCE_EXHAUSTED)
-    ├── PoolExhausted           every connection busy past the wait bound (RESOURCE_EXHAUSTED)
+    ├── Overloaded              no capacity within the wait bound; says when to retry
+    │   │                       (RESOURCE_EXHAUSTED + RetryInfo)
+    │   ├── TooManyStreams      over the admitted number of concurrent calls
+    │   ├── PoolExhausted       every connection busy past the wait bound
+    │   └── FleetExhausted      no fleet quota slot in time (sidecar.fleet)
+    ├── FleetUnavailable        Redis down and the fleet policy fails closed (UNAVAILABLE;
+    │                           sidecar.fleet)
     ├── PoolClosed              the sidecar is shutting down (UNAVAILABLE)
     └── UpstreamError           DashScope could not serve the task
         ├── UpstreamUnavailable     connect/transport failure, dropped socket (UNAVAILABLE)
@@ -31,6 +36,7 @@ __all__ = [
     "CallerStalled",
     "ConfigError",
     "InvalidRequest",
+    "Overloaded",
     "PoolClosed",
     "PoolExhausted",
     "SidecarError",
@@ -80,20 +86,23 @@ class CallerStalled(SidecarError):
     """
 
 
-class TooManyStreams(SidecarError):
-    """Raised when a call arrives while the admitted number of calls are running. Expected."""
+class Overloaded(SidecarError):
+    """Base of the errors of a call that found no capacity in time. Expected under load.
+
+    ``retry_after_s`` says when trying again is likely to find some.
+    """
 
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
 
 
-class PoolExhausted(SidecarError):
-    """Raised when no upstream connection frees up within the wait bound. Expected under load."""
+class TooManyStreams(Overloaded):
+    """Raised when a call arrives while the admitted number of calls are running."""
 
-    def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+
+class PoolExhausted(Overloaded):
+    """Raised when no upstream connection frees up within the wait bound."""
 
 
 class PoolClosed(SidecarError):

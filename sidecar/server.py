@@ -14,8 +14,8 @@ Health has three services, for three readers:
   NOT_SERVING while draining. With ``--readiness-follows-upstream`` it
   follows the upstream like the next one;
 * ``cosyvoice.sidecar.v1.Synthesizer``: the upstream's health (NOT_SERVING
-  while DashScope is unreachable or refuses the key), for callers and
-  dashboards.
+  while DashScope is unreachable or refuses the key, or while the fleet quota
+  fails closed for want of Redis), for callers and dashboards.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from grpc_reflection.v1alpha import reflection
 from sidecar.config import Config
 from sidecar.credentials import ApiKeySource
 from sidecar.errors import PoolClosed
+from sidecar.fleet import FleetQuota
 from sidecar.pool import Pool
 from sidecar.rpc import BearerTokenInterceptor, DecodeGuard, StatusServicer, SynthesizerServicer
 from sidecar.telemetry import Telemetry
@@ -90,11 +91,13 @@ class SidecarServer:
                 workspace=config.workspace,
             )
 
+        self.fleet = FleetQuota(config.fleet) if config.fleet is not None else None
         self.pool = Pool(
             connector,
             config.pool,
             key_changed=self.api_key.refresh,
             telemetry=self.telemetry,
+            fleet=self.fleet,
         )
         # The exporter reads from its own thread: it gets the published snapshot.
         self.telemetry.watch_pool(lambda: self.pool.published)
@@ -142,6 +145,8 @@ class SidecarServer:
         await self._sync_health()
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self.address = self._bind()
+        if self.fleet is not None:
+            await self.fleet.start()  # never fails for Redis: down is a state, not an error
         self.pool.start()
         await self._server.start()
         self._watcher = asyncio.create_task(self._watch_pool(), name="health-watcher")
@@ -224,7 +229,19 @@ class SidecarServer:
             await self.pool.aclose()
         except Exception:
             log.exception("closing the pool failed")
+        if self.fleet is not None:
+            try:
+                await self.fleet.aclose()  # gives back the slots of calls still running
+            except Exception:
+                log.exception("closing the fleet quota failed")
         log.info("stopped")
+
+    def _fleet_serves(self) -> bool:
+        """False only while the fleet quota fails closed for want of Redis."""
+        fleet = self.fleet
+        if fleet is None or fleet.settings.on_redis_down == "open":
+            return True
+        return fleet.status().enforced
 
     async def _drained(self, grace: float) -> bool:
         """Wait for every call to end, at most ``grace`` seconds or until :meth:`hurry`."""
@@ -246,7 +263,7 @@ class SidecarServer:
 
     async def _sync_health(self) -> None:
         """Make each health service say what it means (module docstring)."""
-        upstream = self.pool.ready and not self._draining
+        upstream = self.pool.ready and not self._draining and self._fleet_serves()
         ready = upstream if self.config.readiness_follows_upstream else self.pool.warmed_once
         wanted = {SERVICE_NAME: upstream, READINESS_SERVICE: ready and not self._draining}
         for name, serving in wanted.items():

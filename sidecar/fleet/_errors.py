@@ -4,15 +4,17 @@
 
     SidecarError
     └── FleetError
-        ├── FleetExhausted     no fleet slot (or start) within the caller's deadline
-        │                      (RESOURCE_EXHAUSTED + RetryInfo(retry_after_s))
+        ├── FleetExhausted     no fleet slot (or start) within the caller's deadline; also an
+        │                      Overloaded (RESOURCE_EXHAUSTED + RetryInfo(retry_after_s))
         └── FleetUnavailable   Redis unreachable and the policy is "closed", or the quota
                                is closed (UNAVAILABLE)
+
+The sidecar's tree (sidecar/errors.py) shows where they stand among the others.
 """
 
 from __future__ import annotations
 
-from sidecar.errors import SidecarError
+from sidecar.errors import Overloaded, SidecarError
 
 __all__ = ["FleetError", "FleetExhausted", "FleetUnavailable"]
 
@@ -21,14 +23,10 @@ class FleetError(SidecarError):
     """Base of the fleet quota's errors."""
 
 
-class FleetExhausted(FleetError):
+class FleetExhausted(FleetError, Overloaded):
     """Raised when the fleet's slots stay taken (or the start rate is spent) until the
     caller's deadline. Expected under load; ``retry_after_s`` estimates when to try again.
     """
-
-    def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 class FleetUnavailable(FleetError):

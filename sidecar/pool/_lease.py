@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from sidecar.fleet import FleetSlot
 from sidecar.upstream import UpstreamConnection, UpstreamTask
 
 __all__ = ["Lease"]
@@ -18,6 +19,7 @@ class Lease:
         "connection",
         "last_activity",
         "on_reclaim",
+        "slot",
         "task",
         "wait_ms",
         "warm",
@@ -29,6 +31,7 @@ class Lease:
         self.wait_ms = wait_ms
         self.borrowed_at = self.last_activity = time.monotonic()
         self.task: UpstreamTask | None = None  # set once the call's task has started
+        self.slot: FleetSlot | None = None  # the fleet quota's, while the task may run
         self.on_reclaim: Callable[[], None] | None = None
 
     def __repr__(self) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from sidecar.errors import ConfigError
+from sidecar.fleet import FleetStatus
 
 __all__ = ["PoolPolicy", "PoolStatus", "option_name"]
 
@@ -130,6 +131,7 @@ class PoolStatus:
     opened_total: int
     closed_total: dict[str, int] = field(default_factory=dict)
     stale_retries: int = 0
+    fleet: FleetStatus | None = None  # the fleet quota as this process sees it, when on
 
     def __repr__(self) -> str:
         return (

@@ -40,6 +40,7 @@ from sidecar.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
+from sidecar.fleet import FleetQuota
 from sidecar.pool._gate import ConnectGate
 from sidecar.pool._idle import IdleConnections
 from sidecar.pool._lease import Lease
@@ -69,8 +70,10 @@ class Pool:
         key_changed: Callable[[], bool] = lambda: False,
         rng: random.Random | None = None,
         telemetry: Telemetry | None = None,
+        fleet: FleetQuota | None = None,
     ) -> None:
         self.policy = policy
+        self._fleet = fleet
         self._key_changed = key_changed
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._telemetry = telemetry or Telemetry.disabled()
@@ -115,6 +118,7 @@ class Pool:
             opened_total=self._opener.opened_total,
             closed_total=dict(self._closed_total),
             stale_retries=self._stale_retries,
+            fleet=self._fleet.status() if self._fleet is not None else None,
         )
         return self._published
 
@@ -217,12 +221,18 @@ class Pool:
             self._give_back(lease, error)
 
     async def _begin_on_lease(self, timeout: float | None, begin: Begin) -> Lease:
+        bound = self._bound(timeout)
+        deadline = time.monotonic() + bound
         for attempt in (1, 2):
             with self._telemetry.borrow(self.status) as borrow:
                 lease = await self.acquire(timeout, fresh=attempt > 1)
                 borrow.borrowed(
                     connection_id=lease.connection.id, warm=lease.warm, wait_ms=lease.wait_ms
                 )
+                if self._fleet is not None:
+                    await self._take_slot(lease, deadline - time.monotonic())
+                    assert lease.slot is not None
+                    borrow.fleet(wait_ms=lease.slot.wait_s * 1000, enforced=lease.slot.enforced)
             try:
                 lease.task = await begin(lease)
             except UpstreamUnavailable as exc:
@@ -238,12 +248,27 @@ class Pool:
                 return lease
         raise AssertionError("unreachable: the second attempt returns or raises")
 
+    async def _take_slot(self, lease: Lease, bound: float) -> None:
+        """Take a fleet quota slot for the lease's task, within what is left of the bound.
+
+        The connection waits unused meanwhile; if no slot comes, it goes back
+        to the pool as it was (warm sockets hold no slot).
+        """
+        assert self._fleet is not None
+        try:
+            lease.slot = await self._fleet.acquire(max(bound, 0.0))
+        except BaseException:
+            self.release(lease.connection)
+            raise
+
     def _give_back(self, lease: Lease, error: BaseException | None) -> None:
         """Stop the lease's task if it is still running, then return the connection, traced."""
         task = lease.task
         cancelled = task is not None and not task.state.is_over
         if task is not None:
             task.abandon()  # closes the socket unless task-finished arrived
+        if lease.slot is not None:
+            lease.slot.release()  # the task ended, or its socket is closing
         connection = lease.connection
         with self._telemetry.returning(
             connection.id,
@@ -268,9 +293,7 @@ class Pool:
         if self._gate.auth_error is not None:
             raise self._gate.auth_error
         started = time.monotonic()
-        bound = self.policy.acquire_timeout_s
-        if timeout is not None:
-            bound = min(timeout, bound)
+        bound = self._bound(timeout)
         connection = None if fresh else self._take_idle()
         if connection is not None:
             return self._lend(connection, warm=True, started=started)
@@ -288,6 +311,11 @@ class Pool:
         lease = self._busy[connection]
         lease.wait_ms = (time.monotonic() - started) * 1000
         return lease
+
+    def _bound(self, timeout: float | None) -> float:
+        """How long a call may wait for capacity: its own time left, at most acquire_timeout_s."""
+        bound = self.policy.acquire_timeout_s
+        return bound if timeout is None else min(timeout, bound)
 
     def release(self, connection: UpstreamConnection) -> None:
         """Return a borrowed connection: to the next waiter or idle if reusable, else close it."""

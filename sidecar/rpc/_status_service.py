@@ -30,8 +30,8 @@ class StatusServicer(pb_grpc.SidecarStatusServicer):
         request: pb.GetStatusRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> pb.GetStatusResponse:
-        # PoolStatus and the message have the same fields (a test keeps them so).
-        pool = pb.PoolStatus(**dataclasses.asdict(self._pool.status()))
+        # The snapshot and the message have the same fields (a test keeps them so).
+        pool = pb.PoolStatus(**_present(dataclasses.asdict(self._pool.status())))
         return pb.GetStatusResponse(
             pool=pool,
             active_calls=self._synthesizer.active_calls,
@@ -39,3 +39,12 @@ class StatusServicer(pb_grpc.SidecarStatusServicer):
             upstream_host=self._upstream_host,
             version=__version__,
         )
+
+
+def _present(fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields that have a value (None means unset), nested dicts too."""
+    return {
+        k: _present(v) if isinstance(v, dict) and k != "closed_total" else v
+        for k, v in fields.items()
+        if v is not None
+    }

@@ -22,16 +22,16 @@ from sidecar.errors import (
     CallerIdle,
     CallerStalled,
     InvalidRequest,
+    Overloaded,
     PoolClosed,
-    PoolExhausted,
     SidecarError,
-    TooManyStreams,
     UpstreamAuthError,
     UpstreamError,
     UpstreamTaskFailed,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from sidecar.fleet import FleetUnavailable
 
 __all__ = [
     "ERROR_DOMAIN",
@@ -52,8 +52,8 @@ SIDECAR_ERRORS: Final[tuple[tuple[type[SidecarError], grpc.StatusCode], ...]] = 
     (InvalidRequest, Code.INVALID_ARGUMENT),
     (CallerIdle, Code.FAILED_PRECONDITION),
     (CallerStalled, Code.FAILED_PRECONDITION),
-    (TooManyStreams, Code.RESOURCE_EXHAUSTED),
-    (PoolExhausted, Code.RESOURCE_EXHAUSTED),
+    (Overloaded, Code.RESOURCE_EXHAUSTED),  # TooManyStreams, PoolExhausted, FleetExhausted
+    (FleetUnavailable, Code.UNAVAILABLE),
     (PoolClosed, Code.UNAVAILABLE),
     (UpstreamUnavailable, Code.UNAVAILABLE),
     (UpstreamTimeout, Code.UNAVAILABLE),
@@ -189,7 +189,7 @@ def retry_after_s(exc: SidecarError) -> float | None:
     """How long a caller should wait before retrying after ``exc``; None: retrying cannot help."""
     if isinstance(exc, UpstreamTaskFailed):
         return upstream_rule(exc.code, exc.message).retry_after_s
-    if isinstance(exc, PoolExhausted | TooManyStreams):
+    if isinstance(exc, Overloaded):
         return exc.retry_after_s
     return None
 

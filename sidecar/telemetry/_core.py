@@ -41,9 +41,12 @@ from sidecar.telemetry._synthesis import Synthesis
 if TYPE_CHECKING:
     import grpc
 
+    from sidecar.fleet import FleetStatus
     from sidecar.pool import PoolStatus
 
 __all__ = ["Telemetry"]
+
+_Callback = Callable[[CallbackOptions], Iterable[Observation]]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,7 @@ class Telemetry:
         self._on_shutdown = list(on_shutdown)
         self._pools: list[Callable[[], PoolStatus]] = []
         self._observe_pools(self.instruments.meter)
+        self._observe_fleet(self.instruments.meter)
 
     def __repr__(self) -> str:
         on = {True: "on", False: "off"}
@@ -138,6 +142,57 @@ class Telemetry:
             [self._observe_min_idle],
             "{connection}",
             "Warm idle connections the pool keeps.",
+        )
+
+    def _observe_fleet(self, meter: metrics.Meter) -> None:
+        """The fleet quota's view, from the pools' published snapshots (when it is on)."""
+
+        def gauge(
+            pick: Callable[[FleetStatus], int | None],
+        ) -> Callable[..., Iterable[Observation]]:
+            def observe(_: CallbackOptions) -> Iterable[Observation]:
+                for s in self._statuses():
+                    value = pick(s.fleet) if s.fleet is not None else None
+                    if value is not None:
+                        yield Observation(value)
+
+            return observe
+
+        meter.create_observable_up_down_counter(
+            n.METRIC_FLEET_HELD,
+            [gauge(lambda f: f.held)],
+            "{slot}",
+            "Fleet quota slots this sidecar holds (its running tasks).",
+        )
+        meter.create_observable_up_down_counter(
+            n.METRIC_FLEET_WAITING,
+            [gauge(lambda f: f.waiting)],
+            "{request}",
+            "Calls of this sidecar waiting for a fleet quota slot.",
+        )
+        meter.create_observable_gauge(
+            n.METRIC_FLEET_IN_USE,
+            [gauge(lambda f: f.fleet_in_use)],
+            "{slot}",
+            "Fleet quota slots in use fleet-wide, as of this sidecar's last Redis round trip.",
+        )
+        meter.create_observable_counter(
+            n.METRIC_FLEET_RECLAIMED,
+            [gauge(lambda f: f.reclaimed)],
+            "{slot}",
+            "Fleet slots taken back because their lease ran out (a sidecar died or lost Redis).",
+        )
+        meter.create_observable_counter(
+            n.METRIC_FLEET_REDIS_ERRORS,
+            [gauge(lambda f: f.redis_errors)],
+            "{error}",
+            "Redis errors of the fleet quota.",
+        )
+        meter.create_observable_gauge(
+            n.METRIC_FLEET_ENFORCED,
+            [gauge(lambda f: int(f.enforced))],
+            "1",
+            "1 while the fleet quota is enforced; 0 while Redis is unreachable.",
         )
 
     # ------------------------------------------------------------- pool gauges

@@ -66,6 +66,9 @@ class Instruments:
         self.create_time = histogram(
             n.METRIC_CREATE_TIME, "Time to open one upstream WebSocket (TCP, TLS, upgrade)."
         )
+        self.fleet_wait_time = histogram(
+            n.METRIC_FLEET_WAIT_TIME, "Time a call waited for a slot of the fleet quota."
+        )
         self.tasks = meter.create_counter(
             n.METRIC_TASKS, "{task}", "DashScope tasks ended, by outcome."
         )

@@ -66,6 +66,9 @@ CONNECT_MS: Final = "cosyvoice.connect.ms"
 # connect: ok | auth_error | unavailable | cancelled | error
 CONNECT_RESULT: Final = "cosyvoice.connect.result"
 CONNECTION_REPLACES: Final = "cosyvoice.connection.replaces"
+# The fleet quota slot a borrow took (when the fleet quota is on).
+FLEET_WAIT_MS: Final = "cosyvoice.fleet.wait_ms"
+FLEET_ENFORCED: Final = "cosyvoice.fleet.enforced"
 CONNECTION_STATE: Final = "cosyvoice.connection.state"
 CLOSE_REASON: Final = "cosyvoice.connection.close_reason"
 # Why the pool closes a connection (the reasons sidecar.pool gives its closes).
@@ -99,6 +102,13 @@ METRIC_STALE_RETRIES: Final = "cosyvoice.pool.stale_retries"
 METRIC_READY: Final = "cosyvoice.pool.ready"
 METRIC_BREAKER_OPEN: Final = "cosyvoice.pool.breaker.open"
 METRIC_UNKNOWN_EVENTS: Final = "cosyvoice.upstream.unknown_events"
+METRIC_FLEET_WAIT_TIME: Final = "cosyvoice.fleet.wait_time"
+METRIC_FLEET_HELD: Final = "cosyvoice.fleet.slots.held"
+METRIC_FLEET_WAITING: Final = "cosyvoice.fleet.slots.waiting"
+METRIC_FLEET_IN_USE: Final = "cosyvoice.fleet.slots.in_use"
+METRIC_FLEET_RECLAIMED: Final = "cosyvoice.fleet.slots.reclaimed"
+METRIC_FLEET_REDIS_ERRORS: Final = "cosyvoice.fleet.redis.errors"
+METRIC_FLEET_ENFORCED: Final = "cosyvoice.fleet.enforced"
 
 # Histogram buckets in seconds: a warm borrow takes well under a millisecond,
 # a cold connect tens to hundreds, a long synthesis tens of seconds.

@@ -23,8 +23,8 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from sidecar.errors import (
+    Overloaded,
     PoolClosed,
-    PoolExhausted,
     UpstreamAuthError,
     UpstreamTaskFailed,
     UpstreamTimeout,
@@ -121,6 +121,16 @@ class Borrow:
                 }
             )
 
+    def fleet(self, *, wait_ms: float, enforced: bool) -> None:
+        """Record the fleet quota slot the borrow took for its task."""
+        if not self._t.enabled:
+            return
+        self._t.fleet_wait_time.record(wait_ms / 1000, {n.FLEET_ENFORCED: enforced})
+        if self._current is not None:
+            self._current._span.set_attributes(
+                {n.FLEET_WAIT_MS: wait_ms, n.FLEET_ENFORCED: enforced}
+            )
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -146,7 +156,7 @@ class Borrow:
 
 
 def _borrow_result(exc: BaseException | None) -> str:
-    if isinstance(exc, PoolExhausted):
+    if isinstance(exc, Overloaded):  # the pool's or the fleet quota's wait ran out
         return "exhausted"
     if isinstance(exc, PoolClosed):
         return "closed"

@@ -175,7 +175,9 @@ type PoolStatus struct {
 	ClosedTotal map[string]uint64 `protobuf:"bytes,12,rep,name=closed_total,json=closedTotal,proto3" json:"closed_total,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	// Calls transparently retried on a fresh connection after a pooled one
 	// failed before its task started.
-	StaleRetries  uint64 `protobuf:"varint,13,opt,name=stale_retries,json=staleRetries,proto3" json:"stale_retries,omitempty"`
+	StaleRetries uint64 `protobuf:"varint,13,opt,name=stale_retries,json=staleRetries,proto3" json:"stale_retries,omitempty"`
+	// The fleet quota, when `--fleet-redis-url` turns it on; unset otherwise.
+	Fleet         *FleetStatus `protobuf:"bytes,14,opt,name=fleet,proto3" json:"fleet,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -301,6 +303,168 @@ func (x *PoolStatus) GetStaleRetries() uint64 {
 	return 0
 }
 
+func (x *PoolStatus) GetFleet() *FleetStatus {
+	if x != nil {
+		return x.Fleet
+	}
+	return nil
+}
+
+// The fleet quota (one DashScope quota shared through Redis) as this sidecar
+// sees it.
+type FleetStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True while Redis answers: the fleet-wide quota applies to new calls.
+	Enforced bool `protobuf:"varint,1,opt,name=enforced,proto3" json:"enforced,omitempty"`
+	// Which quota (`--fleet-key`).
+	Key string `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	// Tasks that may run at once fleet-wide (`--fleet-quota`).
+	Quota uint32 `protobuf:"varint,3,opt,name=quota,proto3" json:"quota,omitempty"`
+	// Slots this sidecar holds: its running tasks.
+	Held uint32 `protobuf:"varint,4,opt,name=held,proto3" json:"held,omitempty"`
+	// Of `held`, local slots given while Redis was unreachable (policy open).
+	HeldUnenforced uint32 `protobuf:"varint,5,opt,name=held_unenforced,json=heldUnenforced,proto3" json:"held_unenforced,omitempty"`
+	// Calls of this sidecar waiting for a slot.
+	Waiting uint32 `protobuf:"varint,6,opt,name=waiting,proto3" json:"waiting,omitempty"`
+	// Slots in use fleet-wide at this sidecar's last Redis round trip.
+	FleetInUse *uint32 `protobuf:"varint,7,opt,name=fleet_in_use,json=fleetInUse,proto3,oneof" json:"fleet_in_use,omitempty"`
+	// Calls waiting fleet-wide at this sidecar's last Redis round trip.
+	FleetWaiting *uint32 `protobuf:"varint,8,opt,name=fleet_waiting,json=fleetWaiting,proto3,oneof" json:"fleet_waiting,omitempty"`
+	// Slots taken back fleet-wide because their lease ran out.
+	Reclaimed uint64 `protobuf:"varint,9,opt,name=reclaimed,proto3" json:"reclaimed,omitempty"`
+	// Slots of this sidecar that Redis had lost and that were registered again.
+	Adopted uint64 `protobuf:"varint,10,opt,name=adopted,proto3" json:"adopted,omitempty"`
+	// Redis errors since start.
+	RedisErrors uint64 `protobuf:"varint,11,opt,name=redis_errors,json=redisErrors,proto3" json:"redis_errors,omitempty"`
+	// The last Redis error (never a password), empty if none.
+	LastError string `protobuf:"bytes,12,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// Redis round trips made since start.
+	RoundTrips    uint64 `protobuf:"varint,13,opt,name=round_trips,json=roundTrips,proto3" json:"round_trips,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FleetStatus) Reset() {
+	*x = FleetStatus{}
+	mi := &file_cosyvoice_sidecar_v1_status_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FleetStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FleetStatus) ProtoMessage() {}
+
+func (x *FleetStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_cosyvoice_sidecar_v1_status_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FleetStatus.ProtoReflect.Descriptor instead.
+func (*FleetStatus) Descriptor() ([]byte, []int) {
+	return file_cosyvoice_sidecar_v1_status_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *FleetStatus) GetEnforced() bool {
+	if x != nil {
+		return x.Enforced
+	}
+	return false
+}
+
+func (x *FleetStatus) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *FleetStatus) GetQuota() uint32 {
+	if x != nil {
+		return x.Quota
+	}
+	return 0
+}
+
+func (x *FleetStatus) GetHeld() uint32 {
+	if x != nil {
+		return x.Held
+	}
+	return 0
+}
+
+func (x *FleetStatus) GetHeldUnenforced() uint32 {
+	if x != nil {
+		return x.HeldUnenforced
+	}
+	return 0
+}
+
+func (x *FleetStatus) GetWaiting() uint32 {
+	if x != nil {
+		return x.Waiting
+	}
+	return 0
+}
+
+func (x *FleetStatus) GetFleetInUse() uint32 {
+	if x != nil && x.FleetInUse != nil {
+		return *x.FleetInUse
+	}
+	return 0
+}
+
+func (x *FleetStatus) GetFleetWaiting() uint32 {
+	if x != nil && x.FleetWaiting != nil {
+		return *x.FleetWaiting
+	}
+	return 0
+}
+
+func (x *FleetStatus) GetReclaimed() uint64 {
+	if x != nil {
+		return x.Reclaimed
+	}
+	return 0
+}
+
+func (x *FleetStatus) GetAdopted() uint64 {
+	if x != nil {
+		return x.Adopted
+	}
+	return 0
+}
+
+func (x *FleetStatus) GetRedisErrors() uint64 {
+	if x != nil {
+		return x.RedisErrors
+	}
+	return 0
+}
+
+func (x *FleetStatus) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *FleetStatus) GetRoundTrips() uint64 {
+	if x != nil {
+		return x.RoundTrips
+	}
+	return 0
+}
+
 var File_cosyvoice_sidecar_v1_status_proto protoreflect.FileDescriptor
 
 const file_cosyvoice_sidecar_v1_status_proto_rawDesc = "" +
@@ -312,7 +476,7 @@ const file_cosyvoice_sidecar_v1_status_proto_rawDesc = "" +
 	"\factive_calls\x18\x02 \x01(\rR\vactiveCalls\x12\x1a\n" +
 	"\bdraining\x18\x03 \x01(\bR\bdraining\x12#\n" +
 	"\rupstream_host\x18\x04 \x01(\tR\fupstreamHost\x12\x18\n" +
-	"\aversion\x18\x05 \x01(\tR\aversion\"\xee\x03\n" +
+	"\aversion\x18\x05 \x01(\tR\aversion\"\xa7\x04\n" +
 	"\n" +
 	"PoolStatus\x12\x12\n" +
 	"\x04idle\x18\x01 \x01(\rR\x04idle\x12\x12\n" +
@@ -329,10 +493,31 @@ const file_cosyvoice_sidecar_v1_status_proto_rawDesc = "" +
 	" \x01(\tR\tlastError\x12!\n" +
 	"\fopened_total\x18\v \x01(\x04R\vopenedTotal\x12T\n" +
 	"\fclosed_total\x18\f \x03(\v21.cosyvoice.sidecar.v1.PoolStatus.ClosedTotalEntryR\vclosedTotal\x12#\n" +
-	"\rstale_retries\x18\r \x01(\x04R\fstaleRetries\x1a>\n" +
+	"\rstale_retries\x18\r \x01(\x04R\fstaleRetries\x127\n" +
+	"\x05fleet\x18\x0e \x01(\v2!.cosyvoice.sidecar.v1.FleetStatusR\x05fleet\x1a>\n" +
 	"\x10ClosedTotalEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x012m\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xb7\x03\n" +
+	"\vFleetStatus\x12\x1a\n" +
+	"\benforced\x18\x01 \x01(\bR\benforced\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\x12\x14\n" +
+	"\x05quota\x18\x03 \x01(\rR\x05quota\x12\x12\n" +
+	"\x04held\x18\x04 \x01(\rR\x04held\x12'\n" +
+	"\x0fheld_unenforced\x18\x05 \x01(\rR\x0eheldUnenforced\x12\x18\n" +
+	"\awaiting\x18\x06 \x01(\rR\awaiting\x12%\n" +
+	"\ffleet_in_use\x18\a \x01(\rH\x00R\n" +
+	"fleetInUse\x88\x01\x01\x12(\n" +
+	"\rfleet_waiting\x18\b \x01(\rH\x01R\ffleetWaiting\x88\x01\x01\x12\x1c\n" +
+	"\treclaimed\x18\t \x01(\x04R\treclaimed\x12\x18\n" +
+	"\aadopted\x18\n" +
+	" \x01(\x04R\aadopted\x12!\n" +
+	"\fredis_errors\x18\v \x01(\x04R\vredisErrors\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\f \x01(\tR\tlastError\x12\x1f\n" +
+	"\vround_trips\x18\r \x01(\x04R\n" +
+	"roundTripsB\x0f\n" +
+	"\r_fleet_in_useB\x10\n" +
+	"\x0e_fleet_waiting2m\n" +
 	"\rSidecarStatus\x12\\\n" +
 	"\tGetStatus\x12&.cosyvoice.sidecar.v1.GetStatusRequest\x1a'.cosyvoice.sidecar.v1.GetStatusResponseBx\n" +
 	"\x18dev.cosyvoice.sidecar.v1B\vStatusProtoP\x01ZMgithub.com/cosyvoice-sidecar/cosyvoice-sidecar/clients/go/sidecarv1;sidecarv1b\x06proto3"
@@ -349,23 +534,25 @@ func file_cosyvoice_sidecar_v1_status_proto_rawDescGZIP() []byte {
 	return file_cosyvoice_sidecar_v1_status_proto_rawDescData
 }
 
-var file_cosyvoice_sidecar_v1_status_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_cosyvoice_sidecar_v1_status_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_cosyvoice_sidecar_v1_status_proto_goTypes = []any{
 	(*GetStatusRequest)(nil),  // 0: cosyvoice.sidecar.v1.GetStatusRequest
 	(*GetStatusResponse)(nil), // 1: cosyvoice.sidecar.v1.GetStatusResponse
 	(*PoolStatus)(nil),        // 2: cosyvoice.sidecar.v1.PoolStatus
-	nil,                       // 3: cosyvoice.sidecar.v1.PoolStatus.ClosedTotalEntry
+	(*FleetStatus)(nil),       // 3: cosyvoice.sidecar.v1.FleetStatus
+	nil,                       // 4: cosyvoice.sidecar.v1.PoolStatus.ClosedTotalEntry
 }
 var file_cosyvoice_sidecar_v1_status_proto_depIdxs = []int32{
 	2, // 0: cosyvoice.sidecar.v1.GetStatusResponse.pool:type_name -> cosyvoice.sidecar.v1.PoolStatus
-	3, // 1: cosyvoice.sidecar.v1.PoolStatus.closed_total:type_name -> cosyvoice.sidecar.v1.PoolStatus.ClosedTotalEntry
-	0, // 2: cosyvoice.sidecar.v1.SidecarStatus.GetStatus:input_type -> cosyvoice.sidecar.v1.GetStatusRequest
-	1, // 3: cosyvoice.sidecar.v1.SidecarStatus.GetStatus:output_type -> cosyvoice.sidecar.v1.GetStatusResponse
-	3, // [3:4] is the sub-list for method output_type
-	2, // [2:3] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	4, // 1: cosyvoice.sidecar.v1.PoolStatus.closed_total:type_name -> cosyvoice.sidecar.v1.PoolStatus.ClosedTotalEntry
+	3, // 2: cosyvoice.sidecar.v1.PoolStatus.fleet:type_name -> cosyvoice.sidecar.v1.FleetStatus
+	0, // 3: cosyvoice.sidecar.v1.SidecarStatus.GetStatus:input_type -> cosyvoice.sidecar.v1.GetStatusRequest
+	1, // 4: cosyvoice.sidecar.v1.SidecarStatus.GetStatus:output_type -> cosyvoice.sidecar.v1.GetStatusResponse
+	4, // [4:5] is the sub-list for method output_type
+	3, // [3:4] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_cosyvoice_sidecar_v1_status_proto_init() }
@@ -373,13 +560,14 @@ func file_cosyvoice_sidecar_v1_status_proto_init() {
 	if File_cosyvoice_sidecar_v1_status_proto != nil {
 		return
 	}
+	file_cosyvoice_sidecar_v1_status_proto_msgTypes[3].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cosyvoice_sidecar_v1_status_proto_rawDesc), len(file_cosyvoice_sidecar_v1_status_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

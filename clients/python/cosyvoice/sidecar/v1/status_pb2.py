@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!cosyvoice/sidecar/v1/status.proto\x12\x14\x63osyvoice.sidecar.v1\"\x12\n\x10GetStatusRequest\"\x93\x01\n\x11GetStatusResponse\x12.\n\x04pool\x18\x01 \x01(\x0b\x32 .cosyvoice.sidecar.v1.PoolStatus\x12\x14\n\x0c\x61\x63tive_calls\x18\x02 \x01(\r\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\x12\x15\n\rupstream_host\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\"\xe2\x02\n\nPoolStatus\x12\x0c\n\x04idle\x18\x01 \x01(\r\x12\x0c\n\x04\x62usy\x18\x02 \x01(\r\x12\x0f\n\x07opening\x18\x03 \x01(\r\x12\x0f\n\x07\x63losing\x18\x04 \x01(\r\x12\x0f\n\x07waiters\x18\x05 \x01(\r\x12\x10\n\x08max_size\x18\x06 \x01(\r\x12\x10\n\x08min_idle\x18\x07 \x01(\r\x12\r\n\x05ready\x18\x08 \x01(\x08\x12\x14\n\x0c\x62reaker_open\x18\t \x01(\x08\x12\x12\n\nlast_error\x18\n \x01(\t\x12\x14\n\x0copened_total\x18\x0b \x01(\x04\x12G\n\x0c\x63losed_total\x18\x0c \x03(\x0b\x32\x31.cosyvoice.sidecar.v1.PoolStatus.ClosedTotalEntry\x12\x15\n\rstale_retries\x18\r \x01(\x04\x1a\x32\n\x10\x43losedTotalEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x32m\n\rSidecarStatus\x12\\\n\tGetStatus\x12&.cosyvoice.sidecar.v1.GetStatusRequest\x1a\'.cosyvoice.sidecar.v1.GetStatusResponseBx\n\x18\x64\x65v.cosyvoice.sidecar.v1B\x0bStatusProtoP\x01ZMgithub.com/cosyvoice-sidecar/cosyvoice-sidecar/clients/go/sidecarv1;sidecarv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!cosyvoice/sidecar/v1/status.proto\x12\x14\x63osyvoice.sidecar.v1\"\x12\n\x10GetStatusRequest\"\x93\x01\n\x11GetStatusResponse\x12.\n\x04pool\x18\x01 \x01(\x0b\x32 .cosyvoice.sidecar.v1.PoolStatus\x12\x14\n\x0c\x61\x63tive_calls\x18\x02 \x01(\r\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\x12\x15\n\rupstream_host\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\"\x94\x03\n\nPoolStatus\x12\x0c\n\x04idle\x18\x01 \x01(\r\x12\x0c\n\x04\x62usy\x18\x02 \x01(\r\x12\x0f\n\x07opening\x18\x03 \x01(\r\x12\x0f\n\x07\x63losing\x18\x04 \x01(\r\x12\x0f\n\x07waiters\x18\x05 \x01(\r\x12\x10\n\x08max_size\x18\x06 \x01(\r\x12\x10\n\x08min_idle\x18\x07 \x01(\r\x12\r\n\x05ready\x18\x08 \x01(\x08\x12\x14\n\x0c\x62reaker_open\x18\t \x01(\x08\x12\x12\n\nlast_error\x18\n \x01(\t\x12\x14\n\x0copened_total\x18\x0b \x01(\x04\x12G\n\x0c\x63losed_total\x18\x0c \x03(\x0b\x32\x31.cosyvoice.sidecar.v1.PoolStatus.ClosedTotalEntry\x12\x15\n\rstale_retries\x18\r \x01(\x04\x12\x30\n\x05\x66leet\x18\x0e \x01(\x0b\x32!.cosyvoice.sidecar.v1.FleetStatus\x1a\x32\n\x10\x43losedTotalEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xb0\x02\n\x0b\x46leetStatus\x12\x10\n\x08\x65nforced\x18\x01 \x01(\x08\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05quota\x18\x03 \x01(\r\x12\x0c\n\x04held\x18\x04 \x01(\r\x12\x17\n\x0fheld_unenforced\x18\x05 \x01(\r\x12\x0f\n\x07waiting\x18\x06 \x01(\r\x12\x19\n\x0c\x66leet_in_use\x18\x07 \x01(\rH\x00\x88\x01\x01\x12\x1a\n\rfleet_waiting\x18\x08 \x01(\rH\x01\x88\x01\x01\x12\x11\n\treclaimed\x18\t \x01(\x04\x12\x0f\n\x07\x61\x64opted\x18\n \x01(\x04\x12\x14\n\x0credis_errors\x18\x0b \x01(\x04\x12\x12\n\nlast_error\x18\x0c \x01(\t\x12\x13\n\x0bround_trips\x18\r \x01(\x04\x42\x0f\n\r_fleet_in_useB\x10\n\x0e_fleet_waiting2m\n\rSidecarStatus\x12\\\n\tGetStatus\x12&.cosyvoice.sidecar.v1.GetStatusRequest\x1a\'.cosyvoice.sidecar.v1.GetStatusResponseBx\n\x18\x64\x65v.cosyvoice.sidecar.v1B\x0bStatusProtoP\x01ZMgithub.com/cosyvoice-sidecar/cosyvoice-sidecar/clients/go/sidecarv1;sidecarv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,9 +39,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATUSRESPONSE']._serialized_start=80
   _globals['_GETSTATUSRESPONSE']._serialized_end=227
   _globals['_POOLSTATUS']._serialized_start=230
-  _globals['_POOLSTATUS']._serialized_end=584
-  _globals['_POOLSTATUS_CLOSEDTOTALENTRY']._serialized_start=534
-  _globals['_POOLSTATUS_CLOSEDTOTALENTRY']._serialized_end=584
-  _globals['_SIDECARSTATUS']._serialized_start=586
-  _globals['_SIDECARSTATUS']._serialized_end=695
+  _globals['_POOLSTATUS']._serialized_end=634
+  _globals['_POOLSTATUS_CLOSEDTOTALENTRY']._serialized_start=584
+  _globals['_POOLSTATUS_CLOSEDTOTALENTRY']._serialized_end=634
+  _globals['_FLEETSTATUS']._serialized_start=637
+  _globals['_FLEETSTATUS']._serialized_end=941
+  _globals['_SIDECARSTATUS']._serialized_start=943
+  _globals['_SIDECARSTATUS']._serialized_end=1052
 # @@protoc_insertion_point(module_scope)

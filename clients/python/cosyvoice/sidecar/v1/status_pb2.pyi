@@ -117,6 +117,7 @@ class PoolStatus(_message.Message):
     OPENED_TOTAL_FIELD_NUMBER: _builtins.int
     CLOSED_TOTAL_FIELD_NUMBER: _builtins.int
     STALE_RETRIES_FIELD_NUMBER: _builtins.int
+    FLEET_FIELD_NUMBER: _builtins.int
     idle: _builtins.int
     """Open connections waiting for a call."""
     busy: _builtins.int
@@ -151,6 +152,10 @@ class PoolStatus(_message.Message):
         shrunk, reclaimed, shutdown.
         """
 
+    @_builtins.property
+    def fleet(self) -> Global___FleetStatus:
+        """The fleet quota, when `--fleet-redis-url` turns it on; unset otherwise."""
+
     def __init__(
         self,
         *,
@@ -167,11 +172,91 @@ class PoolStatus(_message.Message):
         opened_total: _builtins.int = ...,
         closed_total: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         stale_retries: _builtins.int = ...,
+        fleet: Global___FleetStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fleet", b"fleet"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker_open", b"breaker_open", "busy", b"busy", "closed_total", b"closed_total", "closing", b"closing", "idle", b"idle", "last_error", b"last_error", "max_size", b"max_size", "min_idle", b"min_idle", "opened_total", b"opened_total", "opening", b"opening", "ready", b"ready", "stale_retries", b"stale_retries", "waiters", b"waiters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker_open", b"breaker_open", "busy", b"busy", "closed_total", b"closed_total", "closing", b"closing", "fleet", b"fleet", "idle", b"idle", "last_error", b"last_error", "max_size", b"max_size", "min_idle", b"min_idle", "opened_total", b"opened_total", "opening", b"opening", "ready", b"ready", "stale_retries", b"stale_retries", "waiters", b"waiters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PoolStatus: _TypeAlias = PoolStatus  # noqa: Y015
+
+@_typing.final
+class FleetStatus(_message.Message):
+    """The fleet quota (one DashScope quota shared through Redis) as this sidecar
+    sees it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENFORCED_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    HELD_UNENFORCED_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
+    FLEET_IN_USE_FIELD_NUMBER: _builtins.int
+    FLEET_WAITING_FIELD_NUMBER: _builtins.int
+    RECLAIMED_FIELD_NUMBER: _builtins.int
+    ADOPTED_FIELD_NUMBER: _builtins.int
+    REDIS_ERRORS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    ROUND_TRIPS_FIELD_NUMBER: _builtins.int
+    enforced: _builtins.bool
+    """True while Redis answers: the fleet-wide quota applies to new calls."""
+    key: _builtins.str
+    """Which quota (`--fleet-key`)."""
+    quota: _builtins.int
+    """Tasks that may run at once fleet-wide (`--fleet-quota`)."""
+    held: _builtins.int
+    """Slots this sidecar holds: its running tasks."""
+    held_unenforced: _builtins.int
+    """Of `held`, local slots given while Redis was unreachable (policy open)."""
+    waiting: _builtins.int
+    """Calls of this sidecar waiting for a slot."""
+    fleet_in_use: _builtins.int
+    """Slots in use fleet-wide at this sidecar's last Redis round trip."""
+    fleet_waiting: _builtins.int
+    """Calls waiting fleet-wide at this sidecar's last Redis round trip."""
+    reclaimed: _builtins.int
+    """Slots taken back fleet-wide because their lease ran out."""
+    adopted: _builtins.int
+    """Slots of this sidecar that Redis had lost and that were registered again."""
+    redis_errors: _builtins.int
+    """Redis errors since start."""
+    last_error: _builtins.str
+    """The last Redis error (never a password), empty if none."""
+    round_trips: _builtins.int
+    """Redis round trips made since start."""
+    def __init__(
+        self,
+        *,
+        enforced: _builtins.bool = ...,
+        key: _builtins.str = ...,
+        quota: _builtins.int = ...,
+        held: _builtins.int = ...,
+        held_unenforced: _builtins.int = ...,
+        waiting: _builtins.int = ...,
+        fleet_in_use: _builtins.int | None = ...,
+        fleet_waiting: _builtins.int | None = ...,
+        reclaimed: _builtins.int = ...,
+        adopted: _builtins.int = ...,
+        redis_errors: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        round_trips: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_fleet_in_use", b"_fleet_in_use", "_fleet_waiting", b"_fleet_waiting", "fleet_in_use", b"fleet_in_use", "fleet_waiting", b"fleet_waiting"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_fleet_in_use", b"_fleet_in_use", "_fleet_waiting", b"_fleet_waiting", "adopted", b"adopted", "enforced", b"enforced", "fleet_in_use", b"fleet_in_use", "fleet_waiting", b"fleet_waiting", "held", b"held", "held_unenforced", b"held_unenforced", "key", b"key", "last_error", b"last_error", "quota", b"quota", "reclaimed", b"reclaimed", "redis_errors", b"redis_errors", "round_trips", b"round_trips", "waiting", b"waiting"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__fleet_in_use: _TypeAlias = _typing.Literal["fleet_in_use"]  # noqa: Y015
+    _WhichOneofArgType__fleet_in_use: _TypeAlias = _typing.Literal["_fleet_in_use", b"_fleet_in_use"]  # noqa: Y015
+    _WhichOneofReturnType__fleet_waiting: _TypeAlias = _typing.Literal["fleet_waiting"]  # noqa: Y015
+    _WhichOneofArgType__fleet_waiting: _TypeAlias = _typing.Literal["_fleet_waiting", b"_fleet_waiting"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__fleet_in_use) -> _WhichOneofReturnType__fleet_in_use | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__fleet_waiting) -> _WhichOneofReturnType__fleet_waiting | None: ...
+
+Global___FleetStatus: _TypeAlias = FleetStatus  # noqa: Y015
