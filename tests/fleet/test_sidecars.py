@@ -7,8 +7,8 @@ limit, beyond which it answers ``Throttling.RateQuota`` like DashScope.
 from __future__ import annotations
 
 import asyncio
-import logging
 import dataclasses
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
