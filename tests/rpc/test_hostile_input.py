@@ -1,0 +1,193 @@
+"""Undecodable, absurd or unauthenticated requests: a clean status, no traceback, no task."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from cosyvoice.sidecar.v1 import synthesizer_pb2 as pb
+from cosyvoice_sidecar_client import AsyncSynthesizerClient
+from google.protobuf import struct_pb2
+
+from sidecar.config import Secret
+from sidecar.emulator import Emulator
+from sidecar.server import SidecarServer
+from tests.conftest import StartSidecar
+from tests.helpers import assert_pool_settles
+from tests.timing import scaled
+
+# Every method the sidecar serves, with whether its requests stream.
+METHODS = {
+    "/cosyvoice.sidecar.v1.Synthesizer/Synthesize": False,
+    "/cosyvoice.sidecar.v1.Synthesizer/StreamingSynthesize": True,
+    "/cosyvoice.sidecar.v1.SidecarStatus/GetStatus": False,
+    "/grpc.health.v1.Health/Check": False,
+    "/grpc.health.v1.Health/Watch": False,
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": True,
+}
+CORRUPT = b"\xff\xff\xff\xff"  # not a protobuf message at all
+# Field 2 is ``text`` in both Synthesizer requests; field 1 the health check's service.
+GARBAGE = (
+    [(method, CORRUPT) for method in METHODS]
+    + [
+        (method, blob)
+        for method in list(METHODS)[:2]
+        for blob in (b"\x12\x02\xc3\x28", b"\x12\x03\xed\xa0\x80")  # bad UTF-8, a lone surrogate
+    ]
+    + [("/grpc.health.v1.Health/Check", b"\x0a\x02\xc3\x28")]
+)
+
+
+async def _send_raw(
+    address: str, method: str, blob: bytes, *, metadata: tuple[tuple[str, str], ...] = ()
+) -> grpc.StatusCode:
+    """Send ``blob`` as the request of ``method``; return the status code the call ends with."""
+
+    def identity(data: bytes) -> bytes:
+        return data
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        if METHODS[method]:
+
+            async def requests() -> AsyncIterator[bytes]:
+                yield blob
+
+            call = channel.stream_stream(method, identity, identity)(
+                requests(), timeout=scaled(5), metadata=metadata
+            )
+        else:
+            call = channel.unary_stream(method, identity, identity)(  # type: ignore[assignment]
+                blob, timeout=scaled(5), metadata=metadata
+            )
+        try:
+            async for _ in call:
+                pass
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize(("method", "blob"), GARBAGE)
+async def test_undecodable_requests_are_invalid_argument_on_every_method_without_traceback(
+    sidecar: SidecarServer,
+    emulator: Emulator,
+    caplog: pytest.LogCaptureFixture,
+    method: str,
+    blob: bytes,
+) -> None:
+    caplog.set_level(logging.INFO)
+    assert await _send_raw(sidecar.address, method, blob) is grpc.StatusCode.INVALID_ARGUMENT
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+    assert emulator.stats.tasks_started == 0
+
+
+async def test_nesting_deeper_than_the_decoder_allows_is_invalid_argument(
+    sidecar: SidecarServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """33+ levels once gave UNKNOWN and a traceback per request."""
+    caplog.set_level(logging.INFO)
+    method = "/cosyvoice.sidecar.v1.Synthesizer/Synthesize"
+    for depth in (33, 60):
+        blob = _deep_synthesize_request(depth)
+        assert await _send_raw(sidecar.address, method, blob) is grpc.StatusCode.INVALID_ARGUMENT
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if "Health" not in m])
+async def test_with_a_token_unauthenticated_garbage_is_unauthenticated_undecoded(
+    start_sidecar: StartSidecar, caplog: pytest.LogCaptureFixture, method: str
+) -> None:
+    """The token is checked before anything is decoded; health stays open (and clean)."""
+    caplog.set_level(logging.INFO)
+    server = await start_sidecar(auth_token=Secret("s3cret-token"))
+    blob = CORRUPT
+    assert await _send_raw(server.address, method, blob) is grpc.StatusCode.UNAUTHENTICATED
+    health = "/grpc.health.v1.Health/Check"
+    assert await _send_raw(server.address, health, blob) is grpc.StatusCode.INVALID_ARGUMENT
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+
+
+def _extra(value: Any) -> pb.SynthesisConfig:
+    extra = struct_pb2.Struct()
+    extra.update({"custom": value})
+    return pb.SynthesisConfig(extra_parameters=extra)
+
+
+def _nested(depth: int) -> dict[str, object]:
+    value: dict[str, object] = {"leaf": 1}
+    for _ in range(depth):
+        value = {"next": value}
+    return value
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field (numbers and lengths here fit one-byte tags)."""
+    length = len(payload)
+    varint = bytearray()
+    while True:
+        byte, length = length & 0x7F, length >> 7
+        varint.append(byte | (0x80 if length else 0))
+        if not length:
+            break
+    return bytes([number << 3 | 2]) + bytes(varint) + payload
+
+
+def _deep_synthesize_request(depth: int) -> bytes:
+    """A SynthesizeRequest whose extra_parameters nest ``depth`` Structs, built by hand:
+    the Python protobuf runtime refuses to build what the attack sent."""
+    struct = b""
+    for _ in range(depth):
+        value = _field(5, struct)  # Value.struct_value
+        struct = _field(1, _field(1, b"next") + _field(2, value))  # Struct.fields entry
+    config = _field(14, struct)  # SynthesisConfig.extra_parameters
+    return _field(1, config) + _field(2, b"Hello.")  # SynthesizeRequest.config, .text
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        (_extra(math.nan), "config.extra_parameters.custom"),
+        (_extra(math.inf), "config.extra_parameters.custom"),
+        (_extra(-math.inf), "config.extra_parameters.custom"),
+        (_extra(_nested(12)), "config.extra_parameters"),
+        (_extra("x" * 20_000), "config.extra_parameters"),
+        (pb.SynthesisConfig(language_hints=["x" * 100_000]), "config.language_hints"),
+        (pb.SynthesisConfig(language_hints=["zh"] * 9), "config.language_hints"),
+        (pb.SynthesisConfig(instruction="happy\x00"), "config.instruction"),
+        (pb.SynthesisConfig(model="../../etc/passwd"), "config.model"),
+        (pb.SynthesisConfig(voice="a voice"), "config.voice"),
+        (pb.SynthesisConfig(voice="v" * 129), "config.voice"),
+    ],
+    ids=[
+        "nan",
+        "inf",
+        "-inf",
+        "nested-12",
+        "extra-20k",
+        "hint-100k",
+        "hints-9",
+        "instruction-nul",
+        "model-path",
+        "voice-space",
+        "voice-long",
+    ],
+)
+async def test_absurd_config_is_invalid_argument_naming_the_field(
+    client: AsyncSynthesizerClient,
+    sidecar: SidecarServer,
+    emulator: Emulator,
+    caplog: pytest.LogCaptureFixture,
+    config: pb.SynthesisConfig,
+    field: str,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await client.synthesize("Hello.", config)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert field in (info.value.details() or "")
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+    assert emulator.stats.tasks_started == 0
+    await assert_pool_settles(sidecar, emulator)
