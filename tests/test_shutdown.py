@@ -91,3 +91,32 @@ async def test_sigterm_past_the_grace_ends_streams_with_unavailable(emulator: Em
     assert all(t.outcome in ("abandoned", "finished") for t in emulator.stats.tasks)
     stats = emulator.stats
     assert stats.client_close_codes[1000] == stats.connections_opened, stats.client_close_codes
+
+
+async def test_a_second_sigterm_ends_running_calls_at_once(emulator: Emulator) -> None:
+    """The drain grace is long; a second signal cuts it short, sockets still closed with 1000."""
+    emulator.update_knobs(realtime_factor=1.0)
+    async with await _start(emulator, grace=scaled(60)) as server:
+        address = (await server.expect(r"serving on (\S+)")).group(1)
+        async with AsyncSynthesizerClient(address) as client:
+            calls = [asyncio.create_task(client.synthesize(TEXT * 6)) for _ in range(3)]
+            await eventually(lambda: emulator.stats.running_tasks == 3, what="3 running")
+            assert server.proc is not None
+            loop = asyncio.get_running_loop()
+            server.proc.terminate()
+            await asyncio.sleep(scaled(0.5))  # draining: the calls go on
+            assert not any(call.done() for call in calls)
+            hurried = loop.time()
+            server.proc.terminate()
+            results = await asyncio.gather(*calls, return_exceptions=True)
+        code, _, log = await server.finish()
+        elapsed = loop.time() - hurried
+    assert code == 0, log
+    assert elapsed < scaled(10)  # not the 60 s grace
+    assert "second signal" in log
+    for result in results:
+        assert isinstance(result, grpc.aio.AioRpcError), result
+        assert result.code() is grpc.StatusCode.UNAVAILABLE
+    await eventually(lambda: emulator.stats.connections_open == 0, what="all sockets closed")
+    stats = emulator.stats
+    assert stats.client_close_codes[1000] == stats.connections_opened, stats.client_close_codes
