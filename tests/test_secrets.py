@@ -40,7 +40,7 @@ async def test_the_key_and_token_never_reach_logs_spans_errors_status_or_cmdline
     ) as server:
         address = (await server.expect(r"serving on (\S+)")).group(1)
         assert server.proc is not None
-        cmdline = Path(f"/proc/{server.proc.pid}/cmdline").read_bytes().decode()
+        cmdline = await asyncio.to_thread(_cmdline, server.proc.pid)
         async with AsyncSynthesizerClient(address) as client:
             auth = (("authorization", f"Bearer {CANARY_TOKEN}"),)
             result = await client.synthesize("A call with the key.", metadata=auth)
@@ -60,6 +60,10 @@ async def test_the_key_and_token_never_reach_logs_spans_errors_status_or_cmdline
     assert "Authorization" in log or "authorization" in log  # the handshake was logged, masked
     for canary in (CANARY_KEY, CANARY_TOKEN):
         assert canary not in seen
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode()
 
 
 def test_redaction_masks_bearer_credentials_and_named_secrets() -> None:
