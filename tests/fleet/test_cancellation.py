@@ -85,13 +85,19 @@ async def test_cancelled_as_the_slot_is_handed_over(make_quota: MakeQuota, redis
     holder = await make_quota(quota=1)
     waiter = await make_quota(quota=1)
     outcomes: set[str] = set()
-    for steps in range(0, 40):
+    # Loop turns first (the cancel lands before, during or after the grant's round
+    # trip), then real pauses, so the grant surely wins a few times even on a busy
+    # machine where a round trip outlasts forty turns.
+    delays = [(steps, 0.0) for steps in range(40)] + [(0, ms / 1000) for ms in (1, 2, 5, 20)]
+    for steps, pause in delays:
         held = await holder.acquire(scaled(1))
         task = asyncio.create_task(waiter.acquire(scaled(5)))
         await eventually(lambda: waiter.status().fleet_waiting == 1, what="queued in Redis")
         held.release()
         for _ in range(steps):
             await asyncio.sleep(0)
+        if pause:
+            await asyncio.sleep(scaled(pause))
         task.cancel()
         try:
             (await task).release()
@@ -100,7 +106,7 @@ async def test_cancelled_as_the_slot_is_handed_over(make_quota: MakeQuota, redis
             outcomes.add("cancelled")
         await assert_settles(redis, holder, waiter)
         if outcomes == {"granted", "cancelled"} and steps > 20:
-            break
+            break  # both seen, and the early turns covered
     assert outcomes == {"granted", "cancelled"}, outcomes
 
 
