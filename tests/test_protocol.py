@@ -1,4 +1,7 @@
-"""The sans-I/O protocol core, driven synchronously (no sockets, no event loop)."""
+"""The sans-I/O protocol core, driven synchronously (no sockets, no event loop).
+
+Section numbers (§) refer to docs/dashscope-protocol.md.
+"""
 
 from __future__ import annotations
 

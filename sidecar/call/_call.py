@@ -331,7 +331,7 @@ class Call:
                     if sentence is not None:
                         await self._put(sentence)
                 elif isinstance(event, protocol.TaskFinished):
-                    # Word timings DashScope reported only now (§6): each
+                    # Word timings DashScope reported only now (docs/dashscope-protocol.md §6): each
                     # sentence's timing again, with its words, before the end.
                     for late in event.late_sentences:
                         await self._put(self._late_sentence(late))

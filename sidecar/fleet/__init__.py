@@ -1,8 +1,8 @@
 """One DashScope quota shared fairly by a fleet of sidecars, through Redis (off by default).
 
 DashScope limits concurrency per root account and model, summed over every key
-and workspace, and refuses fast ramps with ``Throttling.BurstRate`` (shared
-protocol notes §13). Sidecars that each believe ``--pool-max-size`` is the
+and workspace, and refuses fast ramps with ``Throttling.BurstRate`` (docs/dashscope-protocol.md
+§13, §14). Sidecars that each believe ``--pool-max-size`` is the
 account's quota start N times too many tasks together. Here every sidecar of a
 fleet takes a *slot* in Redis before it starts a DashScope task and gives it
 back when the task ends: at most ``quota`` tasks run fleet-wide, waiters are

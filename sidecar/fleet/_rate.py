@@ -1,7 +1,7 @@
 """The fleet-wide start rate: at most ``amount`` task starts in any window of ``seconds``.
 
-DashScope refuses fast ramps with ``Throttling.BurstRate`` (shared protocol notes
-§13), and the limit counts the whole account, so the pacing must be fleet-wide
+DashScope refuses fast ramps with ``Throttling.BurstRate`` (docs/dashscope-protocol.md
+§14), and the limit counts the whole account, so the pacing must be fleet-wide
 too. This uses the ``limits`` library's *moving window* on the same Redis
 (``limits.aio.strategies.MovingWindowRateLimiter`` over its ``RedisStorage``
 with redis-py's asyncio client, sharing this quota's connection pool) rather
