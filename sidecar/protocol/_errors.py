@@ -5,11 +5,6 @@ from __future__ import annotations
 __all__ = ["InvalidTaskState", "ProtocolError", "ProtocolViolation", "UnexpectedFrame"]
 
 
-# --------------------------------------------------------------------------
-# Errors
-# --------------------------------------------------------------------------
-
-
 class ProtocolError(Exception):
     """Base of the errors raised by this module."""
 

@@ -32,11 +32,6 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------
-# Server events (§6)
-# --------------------------------------------------------------------------
-
-
 @dataclass(frozen=True, slots=True)
 class Phoneme:
     """One phoneme of a word (§6, ``phoneme_timestamp_enabled``), times in milliseconds.

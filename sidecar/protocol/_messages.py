@@ -31,11 +31,6 @@ def dumps(message: dict[str, Any]) -> str:
     return _ENCODER.encode(message)
 
 
-# --------------------------------------------------------------------------
-# Client messages (§4)
-# --------------------------------------------------------------------------
-
-
 def _header(action: str, task_id: str) -> dict[str, str]:
     return {"action": action, "task_id": task_id, "streaming": _STREAMING}
 
@@ -66,10 +61,6 @@ class ContinueTask:
 
     task_id: str
     text: str | None = None
-
-    @property
-    def is_flush(self) -> bool:
-        return self.text is None
 
     def encode(self) -> str:
         input_: dict[str, Any] = {"flush": True} if self.text is None else {"text": self.text}

@@ -24,11 +24,6 @@ from sidecar.protocol._text import MAX_CHARS_PER_MESSAGE, count_characters
 __all__ = ["ClientTask", "TaskState"]
 
 
-# --------------------------------------------------------------------------
-# The client-side task state machine (§7)
-# --------------------------------------------------------------------------
-
-
 class TaskState(enum.Enum):
     """Where one task stands, from the client's side (§7)."""
 
@@ -115,7 +110,9 @@ class ClientTask:
         """Return the cancel frame (finish-task with the cancel directive, §4.4).
 
         Allowed once the task has started. From then on audio is dropped here
-        (:meth:`receive_bytes` returns None) until task-finished.
+        (:meth:`receive_bytes` returns None) until task-finished. The official
+        SDKs send it; the sidecar does not (it closes the socket, the documented
+        way, §7), but the core speaks what both kinds of client send.
         """
         self._require(TaskState.STREAMING, TaskState.FINISHING)
         self.state = TaskState.CANCELLING
