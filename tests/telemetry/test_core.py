@@ -31,3 +31,20 @@ def test_disabled_scopes_are_shared_singletons() -> None:
         borrow.borrowed(connection_id=1, warm=True, wait_ms=0.0)
     synthesis.end(TaskReport(finished=True, billed_characters=1, audio_bytes=1))
     assert repr(off) == "<Telemetry tracing=off metrics=off>"
+
+
+def test_our_semantic_convention_names_are_opentelemetrys() -> None:
+    """Spelled out in sidecar.telemetry._names, equal to the installed conventions package."""
+    from opentelemetry.semconv._incubating.attributes import rpc_attributes
+    from opentelemetry.semconv._incubating.metrics import rpc_metrics
+    from opentelemetry.semconv.attributes import error_attributes, network_attributes
+
+    from sidecar.telemetry import _names as n
+
+    assert n.RPC_SYSTEM_NAME == rpc_attributes.RPC_SYSTEM_NAME
+    assert n.RPC_METHOD == rpc_attributes.RPC_METHOD
+    assert n.RPC_RESPONSE_STATUS_CODE == rpc_attributes.RPC_RESPONSE_STATUS_CODE
+    assert n.RPC_SERVER_CALL_DURATION == rpc_metrics.RPC_SERVER_CALL_DURATION
+    assert n.ERROR_TYPE == error_attributes.ERROR_TYPE
+    assert n.NETWORK_PEER_ADDRESS == network_attributes.NETWORK_PEER_ADDRESS
+    assert n.NETWORK_PEER_PORT == network_attributes.NETWORK_PEER_PORT
