@@ -17,12 +17,29 @@ from cryptography.x509.oid import NameOID
 from sidecar.config import Config, Secret
 from sidecar.emulator import Emulator
 from tests.conftest import StartSidecar
+from tests.processes import Process
 from tests.test_server import _health
 
 
 def test_default_listen_address_is_loopback() -> None:
     """Security by default: nothing outside the host reaches an unconfigured sidecar."""
     assert Config().listen.startswith("127.0.0.1:")
+
+
+async def test_a_port_in_use_is_refused_not_shared(start_sidecar: StartSidecar) -> None:
+    """A second sidecar on a busy port exits 1 saying so; the first keeps every call."""
+    first = await start_sidecar()
+    async with Process(
+        "serve", "--emulator", f"--listen={first.address}", env={"GRPC_VERBOSITY": "NONE"}
+    ) as second:
+        code, out, err = await second.finish()
+    assert code == 1
+    assert "serving on" not in out
+    assert f"cannot listen on {first.address}: the address is in use" in err
+    async with AsyncSynthesizerClient(first.address) as client:
+        for _ in range(4):  # with SO_REUSEPORT some of these would go to the second
+            assert (await client.synthesize("Still the first.")).completed.audio_bytes > 0
+    assert first.servicer.active_calls == 0
 
 
 async def test_ipv6_loopback(start_sidecar: StartSidecar) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import re
 import signal
 import tomllib
+import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from tests.deploy.conftest import (
     pod_spec,
     sidecar_container,
 )
-from tests.helpers import eventually, sha256, task_record
+from tests.helpers import eventually, eventually_async, sha256, task_record
 from tests.timing import scaled
 
 # The first test pays for the install (seconds with a warm pip cache).
@@ -297,3 +298,62 @@ async def test_unix_socket_overlay_probes(
         for name, command in probes.items():
             code = await _probe(command, image.environment(), 10)
             assert code != 0, f"{name} passed with the sidecar stopped"
+
+
+@pytest.mark.parametrize("follows", [False, True], ids=["default", "readiness-follows-upstream"])
+async def test_a_dashscope_outage_keeps_the_pod_ready_unless_told_otherwise(
+    image: Image, tmp_path: Path, follows: bool
+) -> None:
+    """Configured as the manifests say, the upstream killed: the readiness probe's service
+    stays SERVING (the app's other routes stay in the Service), the Synthesizer health says
+    NOT_SERVING and the metrics show the outage; with the option, readiness follows."""
+    sidecar = _sidecar(BASE)
+    manifest_env = _manifest_env(sidecar)
+    if follows:
+        manifest_env["COSYVOICE_SIDECAR_READINESS_FOLLOWS_UPSTREAM"] = "true"
+    key_file = _key_file(tmp_path, manifest_env["DASHSCOPE_API_KEY_FILE"])
+    readiness = sidecar["readinessProbe"]["grpc"].get("service", "")
+    liveness = sidecar["livenessProbe"]["grpc"]["service"]
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    emulator = Emulator()
+    await emulator.start()
+    try:
+        env = image.environment(
+            {
+                **manifest_env,
+                "COSYVOICE_SIDECAR_LISTEN": "127.0.0.1:0",
+                "COSYVOICE_SIDECAR_UPSTREAM_URL": emulator.url,
+                "DASHSCOPE_API_KEY_FILE": str(key_file),
+            }
+        )
+        async with _entrypoint(image, env, cwd) as (proc, address):
+            assert await _health(address, readiness) == health_pb2.HealthCheckResponse.SERVING
+            await emulator.aclose()  # DashScope goes away
+
+            async def outage_seen() -> bool:
+                status = await _health(address, SERVICE_NAME)
+                return status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+            await eventually_async(outage_seen, timeout=15, what="the Synthesizer health")
+            expected = (
+                health_pb2.HealthCheckResponse.NOT_SERVING
+                if follows
+                else health_pb2.HealthCheckResponse.SERVING
+            )
+            assert await _health(address, readiness) == expected
+            assert await _health(address, liveness) == health_pb2.HealthCheckResponse.SERVING
+            stderr = cwd.parent / f"{cwd.name}.stderr"
+            match = re.search(r"metrics for Prometheus on (http://\S+/metrics)", stderr.read_text())
+            assert match, stderr.read_text()[-2000:]
+            scrape = await asyncio.to_thread(_get, match.group(1))
+            assert re.search(r"^cosyvoice_pool_ready\S* 0(\.0)?$", scrape, re.M), scrape[-2000:]
+            assert await _terminate(proc, within=20) == 0
+    finally:
+        await emulator.aclose()
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=scaled(5)) as response:  # noqa: S310 - loopback
+        text: str = response.read().decode()
+        return text

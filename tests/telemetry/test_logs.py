@@ -8,8 +8,10 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from cosyvoice_sidecar_client import AsyncSynthesizerClient
 
 from sidecar.telemetry import JsonFormatter, TextFormatter, TraceContextFilter
+from tests.processes import Process
 from tests.telemetry.conftest import Otel
 
 
@@ -79,3 +81,37 @@ def test_text_lines_append_the_ids_inside_a_span(
         f"span_id={span.context.span_id:016x}"
     )
     assert outside.endswith("tests.telemetry.logs: outside")
+
+
+async def test_a_json_call_line_has_every_field_a_log_pipeline_queries() -> None:
+    """serve --log-format json: one access line per call with its ids and figures as fields;
+    every line of the call names it; the emulator's chatter stays out at info."""
+    async with Process(
+        "serve",
+        "--emulator",
+        "--listen=127.0.0.1:0",
+        "--log-format=json",
+    ) as server:
+        address = (await server.expect(r"serving on (\S+)")).group(1)
+        async with AsyncSynthesizerClient(address) as client:
+            result = await client.synthesize(
+                "Logged as fields.", metadata=(("x-request-id", "req-json-1"),)
+            )
+        assert await server.stop() == 0
+        _, _, log = await server.finish()
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    access = [line for line in lines if line["logger"] == "sidecar.access"]
+    assert len(access) == 1, access
+    entry = access[0]
+    assert entry["request_id"] == "req-json-1"
+    assert entry["task_id"] == result.started.task_id
+    assert entry["dashscope_request_uuid"] == result.completed.request_uuid
+    assert entry["grpc_code"] == "OK"
+    assert entry["rpc_method"] == "Synthesize"
+    assert entry["audio_bytes"] == result.completed.audio_bytes
+    assert entry["billed_characters"] == result.completed.billed_characters
+    assert entry["duration_ms"] > 0
+    assert "pool_wait_ms" in entry
+    of_the_call = [line for line in lines if line.get("request_id") == "req-json-1"]
+    assert len(of_the_call) >= 2  # the task's line and the access line at least
+    assert not [line for line in lines if line["logger"].startswith("websockets")]
