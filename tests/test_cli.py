@@ -49,11 +49,12 @@ def test_help_names_every_environment_variable(capsys: pytest.CaptureFixture[str
 
 
 def test_readme_configuration_table_matches_the_options() -> None:
-    """Every option's flag, variable and default stands in the README's table."""
+    """Every option's flag, variable, default and --help text is a row of the README's table."""
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     for option in OPTIONS:
-        row = f"| `{option.flag}` | `{option.env}` | `{option.default}` |"
-        assert row in readme
+        meaning = option.help.replace("%%", "%")
+        row = f"| `{option.flag}` | `{option.env}` | `{option.default}` | {meaning} |"
+        assert row in readme, row
 
 
 async def test_serve_against_a_separately_started_upstream(tmp_path: Path) -> None:

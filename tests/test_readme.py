@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-import textwrap
 from pathlib import Path
 
 import pytest
 
+from sidecar.rpc._statuses import UNKNOWN_CODE, UPSTREAM_CODES
 from sidecar.server import SidecarServer
 from tests.clients.test_grpcurl import DEFAULT_ADDRESS, GRPCURL_COMMANDS
 
@@ -30,30 +30,29 @@ def test_grpcurl_lines_are_the_tested_commands() -> None:
     assert lines == GRPCURL_COMMANDS
 
 
-def test_go_snippet_is_the_tested_example() -> None:
-    """The Go snippet is the body of Example() in clients/go/cosyvoice/example_test.go."""
-    source = (ROOT / "clients/go/cosyvoice/example_test.go").read_text()
-    body = source[source.index("func Example() {") + len("func Example() {\n") :]
-    body = body[: body.index("\t// Output:")]
-    expected = textwrap.dedent(body.replace("\t", "    ")).strip("\n")
-    assert _block("### Go", "go") == expected
-
-
-def test_java_snippet_is_the_tested_quickstart() -> None:
-    """The Java snippet is the marked part of the Quickstart example its tests run."""
-    source = (
-        ROOT / "clients/java/src/main/java/dev/cosyvoice/sidecar/examples/Quickstart.java"
-    ).read_text()
-    marked = source[source.index("// README:java:start\n") + len("// README:java:start\n") :]
-    marked = marked[: marked.index("// README:java:end")]
-    assert _block("### Java", "java") == textwrap.dedent(marked).strip("\n")
+def test_dashscope_error_table_is_the_code_table() -> None:
+    """Every DashScope code row of the code stands in the README with its status and retry."""
+    start = README.index("| DashScope `error_code` | gRPC status | RetryInfo |")
+    table = README[start : README.index("\n\n", start)].splitlines()[2:]
+    rows: dict[tuple[str, str], list[str]] = {}
+    for line in table:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        names = re.findall(r'`([^`]+)`(?: "([^"]+)")?', cells[0]) or [("any other code", "")]
+        for code, message in names:
+            rows[(code, message)] = cells[1:]
+    for row in (*UPSTREAM_CODES, UNKNOWN_CODE):
+        key = ("any other code", "") if row is UNKNOWN_CODE else (row.code, row.message)
+        retry = "no" if row.retry_after_s is None else f"{row.retry_after_s:g} s"
+        assert key in rows, f"{key} is missing from the README's error table"
+        assert rows[key] == [f"`{row.status.name}`", retry], key
+    assert len(table) <= len(UPSTREAM_CODES) + 1  # grouped rows, nothing else
 
 
 async def test_python_snippet_runs(
     sidecar: SidecarServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The Python snippet, run as written against a live sidecar, writes a WAV file."""
-    code = _block("### Python", "python").replace(DEFAULT_ADDRESS, sidecar.address)
+    code = _block("### Go, Java, Python", "python").replace(DEFAULT_ADDRESS, sidecar.address)
     monkeypatch.chdir(tmp_path)
     await asyncio.to_thread(exec, compile(code, "README.md", "exec"), {})
     assert (tmp_path / "hello.wav").read_bytes()[:4] == b"RIFF"
