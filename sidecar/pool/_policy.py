@@ -64,10 +64,14 @@ class PoolPolicy:
     lease_stall_s: float = _setting(
         60.0, "reclaim a borrowed connection whose call shows no activity for this long"
     )
+    backoff_max_s: float = _setting(
+        10.0,
+        "longest pause between failed upstream connects (they back off from 0.2 s, doubling, "
+        "with full jitter)",
+    )
     # Not options: the shape of the backoff and of the maintenance loop.
     age_jitter: float = 0.2
     backoff_initial_s: float = 0.2
-    backoff_max_s: float = 10.0
     tick_s: float = 0.1
 
     def __post_init__(self) -> None:

@@ -7,6 +7,7 @@ they are decided.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import random
 from collections.abc import AsyncIterator
@@ -199,3 +200,16 @@ def test_connects_are_paced_by_the_token_bucket() -> None:
     assert gate.pace(0.0) == 0.0
     assert gate.pace(0.0) == pytest.approx(0.1)
     assert gate.pace(0.0) == pytest.approx(0.2)
+
+
+def test_the_backoff_ceiling_is_a_serve_option() -> None:
+    """--pool-backoff-max caps the pause between failed connects."""
+    from sidecar.config import add_serve_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    config = config_from_args(parser.parse_args(["--pool-backoff-max", "1.5", "--emulator"]), {})
+    gate = ConnectGate(config.pool, random.Random(7))  # noqa: S311 - not cryptography
+    for attempt in range(8):
+        gate.failed(UpstreamUnavailable("refused"), now=attempt * 10.0)
+        assert gate.may_connect(attempt * 10.0 + 1.5)
