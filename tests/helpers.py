@@ -23,6 +23,7 @@ __all__ = [
     "eventually_async",
     "require_executable",
     "task_record",
+    "upstream_stalled",
 ]
 
 
@@ -65,6 +66,22 @@ async def assert_pool_settles(server: SidecarServer, emulator: Emulator) -> None
     await eventually(
         settled, what=f"{server.pool!r} vs emulator open={emulator.stats.connections_open}"
     )
+
+
+async def upstream_stalled(emulator: Emulator, task_id: str) -> int:
+    """Return the bytes the emulator had sent for ``task_id`` once its sending stopped.
+
+    The emulator stops when TCP pushes back: the proof that a slow caller holds
+    the upstream back, not the sidecar's memory.
+    """
+    last = -1
+    for _ in range(60):
+        sent = task_record(emulator, task_id).audio_bytes
+        if sent == last:
+            return sent
+        last = sent
+        await asyncio.sleep(scaled(0.25))
+    raise AssertionError("the upstream never stalled: nothing pushed back")
 
 
 def task_record(emulator: Emulator, task_id: str) -> TaskRecord:

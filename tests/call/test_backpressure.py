@@ -18,25 +18,13 @@ from grpc_status import rpc_status
 
 from sidecar.emulator import Emulator
 from tests.conftest import StartSidecar
-from tests.helpers import assert_pool_settles, sha256, task_record
+from tests.helpers import assert_pool_settles, sha256, task_record, upstream_stalled
 from tests.timing import scaled
 
 # ~300 s of 48 kHz audio (~28 MB), sent as fast as TCP allows: far more than
 # every buffer between the emulator and the caller holds.
 LONG = "Backpressure keeps memory bounded. " * 143
 CONFIG = pb.SynthesisConfig(sample_rate_hz=48000)
-
-
-async def _stalled(emulator: Emulator, task_id: str) -> int:
-    """The bytes the emulator had sent once its sending stopped (it waits for us)."""
-    last = -1
-    for _ in range(60):
-        sent = task_record(emulator, task_id).audio_bytes
-        if sent == last:
-            return sent
-        last = sent
-        await asyncio.sleep(scaled(0.25))
-    raise AssertionError("the upstream never stalled: nothing pushed back")
 
 
 async def test_a_reader_paused_twice_the_stall_timeout_gets_every_byte(
@@ -55,7 +43,7 @@ async def test_a_reader_paused_twice_the_stall_timeout_gets_every_byte(
         task_id = started.started.task_id
         for _ in range(3):
             received += (await anext(responses)).audio.data
-        sent = await _stalled(emulator, task_id)
+        sent = await upstream_stalled(emulator, task_id)
         await asyncio.sleep(2 * stall)  # well past the stall bound, while the upstream waits
         async for response in responses:
             received += response.audio.data
@@ -103,7 +91,7 @@ async def test_a_caller_paused_past_its_own_bound_is_blamed_not_dashscope(
         await stream.finish()
         responses = aiter(stream)
         task_id = (await anext(responses)).started.task_id
-        await _stalled(emulator, task_id)
+        await upstream_stalled(emulator, task_id)
         await asyncio.sleep(scaled(1.5))
         with pytest.raises(grpc.aio.AioRpcError) as info:
             async for _ in responses:

@@ -14,7 +14,7 @@ from grpc_status import rpc_status
 
 from sidecar.emulator import Emulator
 from tests.conftest import StartSidecar
-from tests.helpers import assert_pool_settles, eventually, sha256, task_record
+from tests.helpers import assert_pool_settles, eventually, sha256, task_record, upstream_stalled
 from tests.processes import Process
 from tests.timing import scaled
 
@@ -209,7 +209,7 @@ async def test_slow_reader_pushes_back_and_memory_stays_bounded(emulator: Emulat
                 response = await anext(responses)
                 task_id = task_id or response.started.task_id
                 received += response.audio.data
-            stalled = await _wait_for_stall(emulator, task_id)
+            stalled = await upstream_stalled(emulator, task_id)
             grown = _rss_mib(server.proc.pid) - baseline
             async for response in responses:
                 received += response.audio.data
@@ -219,15 +219,3 @@ async def test_slow_reader_pushes_back_and_memory_stays_bounded(emulator: Emulat
     assert stalled < record.audio_bytes  # the upstream waited for the caller
     assert grown < 8, f"sidecar RSS grew {grown:.1f} MiB while the caller paused"
     assert sha256(received) == record.audio_sha256
-
-
-async def _wait_for_stall(emulator: Emulator, task_id: str) -> int:
-    """Return the bytes the emulator had sent once its sending stopped for 0.5 s."""
-    last = -1
-    for _ in range(40):
-        sent = task_record(emulator, task_id).audio_bytes
-        if sent == last:
-            return sent
-        last = sent
-        await asyncio.sleep(scaled(0.5))
-    raise AssertionError("the upstream never stalled: nothing pushed back")
