@@ -41,13 +41,27 @@ from sidecar.pool import Pool
 from sidecar.session import Command, Finish, Flush, Session, Text
 from sidecar.telemetry import Telemetry
 
-__all__ = ["STATUS_TABLE", "SynthesizerServicer", "status_for"]
+__all__ = [
+    "PUSHBACK_KEY",
+    "STATUS_TABLE",
+    "SynthesizerServicer",
+    "retry_delay_s",
+    "retry_trailers",
+    "status_for",
+]
 
 _Context = grpc.aio.ServicerContext[Any, Any]
 
 log = logging.getLogger(__name__)
 
 ERROR_DOMAIN: Final = "cosyvoice-sidecar"
+# gRPC's retry pushback (A6): clients with a retry policy wait this many ms, then retry.
+PUSHBACK_KEY: Final = "grpc-retry-pushback-ms"
+# Seconds to wait after DashScope throttled a task (it gives no hint of its own).
+_THROTTLED_RETRY_S: Final = 1.0
+# Seconds to wait after an UNAVAILABLE before any audio: short, the next attempt
+# gets a fresh upstream connection (or another sidecar).
+_UNAVAILABLE_RETRY_S: Final = 0.2
 _MAX_REQUEST_ID = 128
 # How many times (1 ms apart) a request stream's end is checked for a hang-up.
 _HANGUP_CHECKS: Final = 5
@@ -95,8 +109,8 @@ def status_for(exc: SidecarError, upstream_host: str = "dashscope") -> status_pb
             grpc.StatusCode.UNKNOWN,
         )
         details.append(_pack(error_details_pb2.ErrorInfo(reason=exc.code, domain=upstream_host)))
-        if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-            details.append(_retry_info(1.0))
+        if (delay := retry_delay_s(exc)) is not None:
+            details.append(_retry_info(delay))
     else:
         code = next(
             (c for kind, c in STATUS_TABLE.items() if isinstance(exc, kind)),
@@ -109,12 +123,43 @@ def status_for(exc: SidecarError, upstream_host: str = "dashscope") -> status_pb
                 field=exc.field, description=exc.message
             )
             details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
-        elif isinstance(exc, PoolExhausted | TooManyStreams):
-            details.append(_retry_info(exc.retry_after_s))
+        elif (delay := retry_delay_s(exc)) is not None:
+            details.append(_retry_info(delay))
         details.append(
             _pack(error_details_pb2.ErrorInfo(reason=type(exc).__name__, domain=ERROR_DOMAIN))
         )
     return status_pb2.Status(code=code.value[0], message=str(exc), details=details)
+
+
+def retry_delay_s(exc: SidecarError) -> float | None:
+    """Return how long the caller should wait before retrying, or None if no hint applies.
+
+    The ``RetryInfo`` detail and the ``grpc-retry-pushback-ms`` trailer both say this.
+    """
+    if isinstance(exc, PoolExhausted | TooManyStreams):
+        return exc.retry_after_s
+    if isinstance(exc, UpstreamTaskFailed) and exc.code.startswith("Throttling"):
+        return _THROTTLED_RETRY_S
+    return None
+
+
+def retry_trailers(
+    status: status_pb2.Status, exc: SidecarError, *, audio_sent: bool
+) -> list[tuple[str, str]]:
+    """Return the ``grpc-retry-pushback-ms`` trailer for a failed call, if it should have one.
+
+    gRPC clients with a retry policy retry a call that failed before any
+    response headers (the servicer sends none before the first response) with
+    a retryable code; the pushback replaces their own backoff (gRFC A6).
+    RESOURCE_EXHAUSTED carries the delay of its ``RetryInfo``; UNAVAILABLE
+    before any audio a short one, since no audio can have been played twice.
+    """
+    delay = retry_delay_s(exc)
+    if delay is None and status.code == grpc.StatusCode.UNAVAILABLE.value[0] and not audio_sent:
+        delay = _UNAVAILABLE_RETRY_S
+    if delay is None:
+        return []
+    return [(PUSHBACK_KEY, str(round(delay * 1000)))]
 
 
 def _pack(
@@ -232,23 +277,39 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
         context: _Context,
     ) -> AsyncIterator[pb.SynthesizeResponse]:
         session: Session | None = None
+        # No response headers before the first response: a call that fails
+        # before it is still uncommitted, so gRPC clients may retry it (A6).
+        headers_sent = False
+        audio_sent = False
         try:
             session = prepare()
             self._admit(session)
-            await context.send_initial_metadata((("x-request-id", session.request_id),))
             remaining = context.time_remaining()
             async for response in session.run(commands, acquire_timeout=remaining):
+                if not headers_sent:
+                    await context.send_initial_metadata((("x-request-id", session.request_id),))
+                    headers_sent = True
+                if not audio_sent:
+                    audio_sent = response.HasField("audio")
                 yield response
         except SidecarError as exc:
             status = status_for(exc, self._upstream_host)
+            request_id = session.request_id if session else _request_id(context)
             log.info(
                 "request %s: %s (task %s): %s",
-                session.request_id if session else "-",
+                request_id,
                 _code_name(status.code),
                 (session.task_id if session else None) or getattr(exc, "task_id", "") or "-",
                 exc,
             )
-            await context.abort_with_status(rpc_status.to_status(status))
+            rich = rpc_status.to_status(status)
+            trailers = [
+                *rich.trailing_metadata,
+                *retry_trailers(status, exc, audio_sent=audio_sent),
+            ]
+            if not headers_sent:
+                trailers.append(("x-request-id", request_id))  # a refused call keeps its id
+            await context.abort(rich.code, rich.details, tuple(trailers))
         finally:
             if session is not None:
                 self._active.discard(session)
