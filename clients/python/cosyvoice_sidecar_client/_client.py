@@ -166,13 +166,14 @@ class StreamingCall:
 
     Sends (``send_text``, ``flush``, ``finish``) go out one at a time, in
     order. The first of them waits until the sidecar has accepted the call (its
-    response headers come with ``started``), which costs nothing, as DashScope
-    takes no text before its task has started; a call the sidecar refuses then
-    raises the sidecar's own status (``grpc.aio.AioRpcError``) from the send, and
-    no text is ever in flight when a refusal arrives. That matters with grpcio's
-    asyncio stack, which reports a write that races the end of the call as
-    ``INTERNAL: Internal error from Core`` in place of the server's status
-    (grpc/grpc#36066).
+    response headers come with ``started``): DashScope takes no text before its
+    task has started anyway, so this costs only the hop from the client back to
+    the sidecar (0.1 to 0.3 ms more to the first audio on loopback, measured
+    against the emulator). A call the sidecar refuses then raises the sidecar's
+    own status (``grpc.aio.AioRpcError``) from the send, and no text is in
+    flight when a refusal arrives. That matters with grpcio's asyncio stack,
+    which reports a write that races the end of the call as ``INTERNAL:
+    Internal error from Core`` in place of the server's status (grpc/grpc#36066).
     """
 
     def __init__(
