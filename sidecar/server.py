@@ -31,14 +31,19 @@ from cosyvoice.sidecar.v1 import synthesizer_pb2 as pb
 from cosyvoice.sidecar.v1 import synthesizer_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
 from sidecar.config import Config
 from sidecar.credentials import ApiKeySource
 from sidecar.errors import PoolClosed
 from sidecar.fleet import FleetQuota
 from sidecar.pool import Pool
-from sidecar.rpc import BearerTokenInterceptor, DecodeGuard, StatusServicer, SynthesizerServicer
+from sidecar.rpc import (
+    BearerTokenInterceptor,
+    DecodeGuard,
+    StatusServicer,
+    SynthesizerServicer,
+    enable_reflection,
+)
 from sidecar.telemetry import Telemetry
 from sidecar.upstream import UpstreamConnection, open_connection
 
@@ -118,14 +123,13 @@ class SidecarServer:
             StatusServicer(self.pool, self.servicer, config.upstream_url), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
+        enable_reflection(
+            self._server,
             (
                 SERVICE_NAME,
                 STATUS_SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
             ),
-            self._server,
         )
         self._watcher: asyncio.Task[None] | None = None
         self._health: dict[str, bool] = {}

@@ -83,6 +83,6 @@ async def sidecar(start_sidecar: StartSidecar) -> SidecarServer:
 
 @pytest.fixture
 async def client(sidecar: SidecarServer) -> AsyncIterator[AsyncSynthesizerClient]:
-    """An async client connected to :func:`sidecar`."""
-    async with AsyncSynthesizerClient(sidecar.address) as c:
+    """An async client connected to :func:`sidecar`; no gRPC retries, so tests see each status."""
+    async with AsyncSynthesizerClient(sidecar.address, retry=False) as c:
         yield c

@@ -295,6 +295,8 @@ class Call:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - the call fails with it, through the writer
+            # The caller broke the stream's rules (or went silent): the call ends
+            # now, before audio queued meanwhile could complete it as if all were well.
             self.events.fail(exc)
 
     async def _finish(self, task: UpstreamTask) -> None:
@@ -346,9 +348,10 @@ class Call:
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()
-            self.events.fail(self._deadlines.error())
+            await self.events.put_error(self._deadlines.error())
         except BaseException as exc:  # noqa: BLE001 - the call fails with it, through the writer
-            self.events.fail(exc)
+            # After what the upstream sent before it failed: no audio byte is lost.
+            await self.events.put_error(exc)
 
     async def _put(self, event: CallEvent) -> None:
         """Queue an event; while the caller holds it back, the upstream's clock stops."""

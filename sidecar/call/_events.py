@@ -8,7 +8,8 @@ out of :class:`CallEvents`:
 * :class:`Sentence`: one sentence's timing, when it ends;
 * :data:`FLUSHED`: a flush went upstream, acknowledged in order with the audio;
 * :data:`FINISHED`: the task finished and every event before it is queued;
-* an error, raised by :meth:`CallEvents.get` after what was queued before it.
+* an error, handed to the writer (which raises it) after what was queued
+  before it (:meth:`CallEvents.put_error`), or at once (:meth:`CallEvents.fail`).
 
 The queue is small on purpose: when the caller reads slowly it fills, the
 call stops reading the upstream socket, websockets stops reading TCP after a
@@ -114,11 +115,19 @@ class CallEvents:
         """Queue an event; only after :meth:`full` said there is room."""
         self._queue.put_nowait(event)
 
+    async def put_error(self, error: BaseException) -> None:
+        """Queue an error after what is queued: :meth:`get` raises it in its turn.
+
+        What the upstream sent before it failed still reaches the caller.
+        """
+        await self._queue.put(error)
+
     def fail(self, error: BaseException) -> None:
         """Drop every event not yet taken; the next :meth:`get` raises ``error``. Never blocks.
 
-        The call is failing: what the caller already received is a clean
-        prefix of the audio, and nothing queued after it matters any more.
+        For an end decided outside the call (shutdown, a stalled caller, a
+        reclaimed lease): what the caller already received is a clean prefix
+        of the audio, and nothing queued after it matters any more.
         """
         while not self._queue.empty():
             self._queue.get_nowait()
@@ -126,18 +135,12 @@ class CallEvents:
 
     # ----------------------------------------------------------- the writer's side
 
-    async def get(self) -> CallEvent:
-        """Return the next event; raise a queued error. Cancelling it loses no event."""
-        event = await self._queue.get()
-        if isinstance(event, BaseException):
-            raise event
-        return event
+    async def get(self) -> CallEvent | BaseException:
+        """Return the next event, or a queued error (to raise). Cancelling it loses no event."""
+        return await self._queue.get()
 
-    def get_nowait(self) -> CallEvent | None:
-        """Return the next event if one is queued, else None; raise a queued error."""
+    def get_nowait(self) -> CallEvent | BaseException | None:
+        """Return the next event or queued error if one is queued, else None."""
         if self._queue.empty():
             return None
-        event = self._queue.get_nowait()
-        if isinstance(event, BaseException):
-            raise event
-        return event
+        return self._queue.get_nowait()

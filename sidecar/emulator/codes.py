@@ -27,8 +27,10 @@ _MESSAGES: Final = {
     BURST_RATE[0]: BURST_RATE[1],
     "Throttling": "Requests throttling triggered.",  # [EMU]
     "Throttling.AllocationQuota": "Free allocated quota exceeded.",
-    # The error-code page: a voice that does not exist can surface as this.
-    "InternalError": "Remote cancelled grpc stream.",
+    # A transient server fault, as the error-code page words it. (A voice that
+    # does not exist can surface as InternalError "Remote cancelled grpc
+    # stream." too: inject that with fail_message; the sidecar tells them apart.)
+    "InternalError": "An internal error occurred; try again later.",  # [EMU] wording
 }
 
 

@@ -7,7 +7,8 @@ table (:func:`status_for`, :data:`UPSTREAM_CODES`). Generated protobuf is used
 here and above only. Inside: ``_synthesizer`` (the RPCs),
 ``_config`` (a request's config -> the task's settings), ``_writer`` (the only
 place responses are built), ``_statuses`` (the only place errors become
-statuses), ``_status_service``, ``_auth``, ``_guard``.
+statuses), ``_status_service``, ``_auth``, ``_guard``, ``_reflection``
+(reflection v1 and v1alpha, with the proto's comments).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from sidecar.rpc._auth import BearerTokenInterceptor
 from sidecar.rpc._config import resolve
 from sidecar.rpc._guard import DecodeGuard
+from sidecar.rpc._reflection import enable_reflection
 from sidecar.rpc._status_service import StatusServicer
 from sidecar.rpc._statuses import (
     SIDECAR_ERRORS,
@@ -33,6 +35,7 @@ __all__ = [
     "StatusServicer",
     "SynthesizerServicer",
     "UpstreamCode",
+    "enable_reflection",
     "resolve",
     "status_for",
     "upstream_rule",

@@ -47,7 +47,10 @@ access_log = logging.getLogger("sidecar.access")
 _MAX_REQUEST_ID: Final = 128
 _STATUS_DETAILS: Final = "grpc-status-details-bin"
 # gRPC's retry pushback (A6): a client with a retry policy waits this long.
-_PUSHBACK: Final = "grpc-retry-pushback-ms"
+PUSHBACK_KEY: Final = "grpc-retry-pushback-ms"
+# UNAVAILABLE before any response (a dead socket, shutdown): another replica or a
+# fresh connection is likely to serve at once.
+_UNAVAILABLE_PUSHBACK_S: Final = 0.2
 
 
 class SynthesizerServicer(pb_grpc.SynthesizerServicer):
@@ -169,9 +172,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                 status = status_for(exc, self._upstream_host)
                 code = _code(status.code)
                 log.info("%s: %s", code.name, exc)
-                # Nothing reached the caller yet: a retry policy may try again after the hint.
-                fresh = writer is None or not writer.wrote_response
-                await _abort(context, status, request_id, retry_after_s(exc) if fresh else None)
+                await _abort(context, status, request_id, _pushback(exc, code, writer))
             except asyncio.CancelledError:
                 code = _cancelled_code(context)
                 raise
@@ -210,8 +211,24 @@ async def _abort(
         ("x-request-id", request_id),
     ]
     if pushback_s is not None:
-        trailers.append((_PUSHBACK, str(int(pushback_s * 1000))))
+        trailers.append((PUSHBACK_KEY, str(int(pushback_s * 1000))))
     await context.abort(_code(status.code), status.message, trailing_metadata=tuple(trailers))
+
+
+def _pushback(
+    exc: SidecarError, code: grpc.StatusCode, writer: ResponseWriter | None
+) -> float | None:
+    """The delay a gRPC retry policy should wait, for a call nothing reached the caller of.
+
+    Once a response went out the call is committed: clients never retry it,
+    and must not (its text may have been spoken and billed).
+    """
+    if writer is not None and writer.wrote_response:
+        return None
+    delay = retry_after_s(exc)
+    if delay is None and code is grpc.StatusCode.UNAVAILABLE:
+        return _UNAVAILABLE_PUSHBACK_S
+    return delay
 
 
 def _code(value: int) -> grpc.StatusCode:

@@ -107,10 +107,12 @@ class ResponseWriter:
     async def run(self) -> None:
         """Write every event of the call, then ``completed``; raise the call's error."""
         events = self._call.events
-        pending: CallEvent | None = None
+        pending: CallEvent | BaseException | None = None
         while True:
             event = pending if pending is not None else await events.get()
             pending = None
+            if isinstance(event, BaseException):
+                raise event  # after every response queued before it
             if isinstance(event, bytes):
                 parts = [event]
                 pending = self._take_waiting_audio(parts)
@@ -168,8 +170,8 @@ class ResponseWriter:
 
     # ------------------------------------------------------------------- audio
 
-    def _take_waiting_audio(self, parts: list[bytes]) -> CallEvent | None:
-        """Append the audio already queued; return the first other event."""
+    def _take_waiting_audio(self, parts: list[bytes]) -> CallEvent | BaseException | None:
+        """Append the audio already queued; return the first other event (or error)."""
         while (following := self._call.events.get_nowait()) is not None:
             if not isinstance(following, bytes):
                 return following
@@ -183,8 +185,8 @@ class ResponseWriter:
         played_ms = (time.monotonic() - self._first_chunk_at) * 1000
         return self._delivery.audio_ms - played_ms >= 2 * self._batch_ms
 
-    async def _hold_for_more_audio(self, parts: list[bytes]) -> CallEvent | None:
-        """Append the audio arriving within ``batch_ms``; return the first other event.
+    async def _hold_for_more_audio(self, parts: list[bytes]) -> CallEvent | BaseException | None:
+        """Append the audio arriving within ``batch_ms``; return the first other event (or error).
 
         Cancelling the queue's ``get`` loses no event, so the timeout is safe.
         """

@@ -84,7 +84,7 @@ async def test_admission_control(start_sidecar: StartSidecar, emulator: Emulator
     """Past max_streams: RESOURCE_EXHAUSTED with RetryInfo; the admitted call completes."""
     server = await start_sidecar(max_streams=1)
     emulator.update_knobs(realtime_factor=1.0)
-    async with AsyncSynthesizerClient(server.address) as client:
+    async with AsyncSynthesizerClient(server.address, retry=False) as client:
         stream = await client.open_stream()
         await stream.send_text("The one admitted call.")
         await stream.finish()

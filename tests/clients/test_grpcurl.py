@@ -14,7 +14,10 @@ import shlex
 import subprocess
 from typing import Any
 
+import grpc
 import pytest
+from google.protobuf import descriptor_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
 from tests.clients.conftest import RunningSidecar
 from tests.helpers import require_executable
@@ -43,9 +46,15 @@ GRPCURL_INVALID = (
     "127.0.0.1:50051 cosyvoice.sidecar.v1.Synthesizer/Synthesize"
 )
 
+# A field's comment, from reflection v1 with the proto's source info.
+GRPCURL_DESCRIBE_FIELD = (
+    "grpcurl -plaintext 127.0.0.1:50051 describe cosyvoice.sidecar.v1.SynthesisConfig.volume"
+)
+
 GRPCURL_COMMANDS = [
     GRPCURL_LIST,
     GRPCURL_DESCRIBE,
+    GRPCURL_DESCRIBE_FIELD,
     GRPCURL_HEALTH,
     GRPCURL_SYNTHESIZE,
     GRPCURL_SYNTHESIZE_CONFIG,
@@ -179,3 +188,52 @@ def test_invalid_argument_is_shown(grpcurl: str, sidecar_process: RunningSidecar
     output = result.stdout + result.stderr
     assert "Code: InvalidArgument" in output, output
     assert "config.volume" in output, output
+
+
+def test_describe_shows_the_protos_comments(grpcurl: str, sidecar_process: RunningSidecar) -> None:
+    """`grpcurl describe` of a field prints the proto's comment on it: range, units, default."""
+    result = run_grpcurl(grpcurl, GRPCURL_DESCRIBE_FIELD, sidecar_process)
+    assert result.returncode == 0, result.stderr
+    assert "cosyvoice.sidecar.v1.SynthesisConfig.volume is a field:" in result.stdout
+    assert "// Loudness, 0 to 100, linear. Unset: 50." in result.stdout, result.stdout
+    assert "optional int32 volume = 5;" in result.stdout
+
+
+@pytest.mark.parametrize("service", ["grpc.reflection.v1", "grpc.reflection.v1alpha"])
+def test_reflection_serves_the_comments(service: str, sidecar_process: RunningSidecar) -> None:
+    """Both reflection versions list each other and serve synthesizer.proto with its comments."""
+    requests = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="cosyvoice.sidecar.v1.SynthesisConfig"
+        ),
+        reflection_pb2.ServerReflectionRequest(file_by_filename="no/such.proto"),
+    ]
+    with grpc.insecure_channel(sidecar_process.address) as channel:
+        info = channel.stream_stream(
+            f"/{service}.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        listed, described, missing = list(info(iter(requests), timeout=scaled(10)))
+    names = {s.name for s in listed.list_services_response.service}
+    assert {
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= names
+    assert "cosyvoice.sidecar.v1.Synthesizer" in names
+    files = {
+        f.name: f
+        for f in map(
+            descriptor_pb2.FileDescriptorProto.FromString,
+            described.file_descriptor_response.file_descriptor_proto,
+        )
+    }
+    # The file and what it imports, so a client can build every type it names.
+    assert set(files) == {"cosyvoice/sidecar/v1/synthesizer.proto", "google/protobuf/struct.proto"}
+    comments = [
+        location.leading_comments
+        for location in files["cosyvoice/sidecar/v1/synthesizer.proto"].source_code_info.location
+    ]
+    assert " Loudness, 0 to 100, linear. Unset: 50.\n" in comments
+    assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]

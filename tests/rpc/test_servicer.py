@@ -289,7 +289,7 @@ async def test_exhausted_pool_waits_then_resource_exhausted(
     """All connections busy past acquire_timeout: RESOURCE_EXHAUSTED, never over max_size."""
     server = await start_sidecar(pool_min_idle=1, pool_max_size=2, acquire_timeout_s=0.3)
     emulator.update_knobs(realtime_factor=1.0)
-    async with AsyncSynthesizerClient(server.address) as client:
+    async with AsyncSynthesizerClient(server.address, retry=False) as client:
         calls = [
             asyncio.create_task(client.synthesize("Slow speech for a while.", timeout=scaled(10)))
             for _ in range(3)

@@ -261,7 +261,7 @@ async def test_pool_exhausted_call_has_only_a_failed_borrow(
     no synthesis and no return in that trace."""
     server = await start_traced(pool_min_idle=1, pool_max_size=1, acquire_timeout_s=scaled(0.3))
     holder_trace = "11111111111111111111111111111111"
-    async with AsyncSynthesizerClient(server.address) as client:
+    async with AsyncSynthesizerClient(server.address, retry=False) as client:
         holder = await client.open_stream(metadata=traceparent(holder_trace))
         await holder.send_text("Holding the only connection.")
         held = aiter(holder)

@@ -42,9 +42,10 @@ type Client struct {
 //
 // Like [grpc.NewClient] it does not connect until the first call. The
 // connection is plaintext unless opts carry transport credentials (a sidecar
-// listens on localhost or inside the pod), with the flow-control windows of
-// [DialOptions]; opts are applied after these defaults, so a later
-// grpc.WithTransportCredentials wins. Close the Client when done.
+// listens on localhost or inside the pod), with the flow-control windows and
+// the retry policy of [DialOptions]; opts are applied after these defaults, so
+// a later grpc.WithTransportCredentials or grpc.WithDefaultServiceConfig wins,
+// and grpc.WithDisableRetry() turns retries off. Close the Client when done.
 func NewClient(target string, opts ...grpc.DialOption) (*Client, error) {
 	all := make([]grpc.DialOption, 0, len(opts)+3)
 	all = append(all, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -75,10 +76,13 @@ const (
 // WINDOW_UPDATE, doubling the packets per audio chunk. Measured with the
 // bench's load generator at 100 streams: 10-18 % less sidecar CPU per call
 // and 12-24 % less client CPU.
+//
+// They also carry [ServiceConfig], the default retry policy.
 func DialOptions() []grpc.DialOption {
 	return []grpc.DialOption{
 		grpc.WithInitialWindowSize(StreamWindow),
 		grpc.WithInitialConnWindowSize(ConnectionWindow),
+		grpc.WithDefaultServiceConfig(ServiceConfig),
 	}
 }
 

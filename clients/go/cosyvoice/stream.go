@@ -2,8 +2,11 @@ package cosyvoice
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"iter"
+	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
@@ -19,12 +22,23 @@ import (
 // but each side from one goroutine at a time.
 //
 // When a send method returns io.EOF, the sidecar has already ended the call;
-// the receive side then returns the reason, as gRPC-Go streams do.
+// the receive side then returns the reason, as gRPC-Go streams do. After
+// Finish or CloseSend, SendText, Flush and Finish fail at once with an error
+// that wraps [ErrSendClosed], and the call goes on: its remaining audio and
+// Completed still arrive.
 type Stream struct {
 	call   grpc.BidiStreamingClient[sidecarv1.StreamingSynthesizeRequest, sidecarv1.SynthesizeResponse]
 	cancel context.CancelFunc
 	recv   receiver
+
+	mu       sync.Mutex
+	closedBy string // "Finish" or "CloseSend" once the send side is closed
 }
+
+// ErrSendClosed is wrapped by the error of a send after [Stream.Finish] or
+// [Stream.CloseSend]: a mistake of the caller's, caught before it reaches
+// gRPC, which would otherwise end the whole call with codes.Internal.
+var ErrSendClosed = errors.New("the stream's send side is closed")
 
 // Stream starts a StreamingSynthesize call with cfg (nil means every server
 // default) and sends cfg as its first message. Cancelling ctx cancels the
@@ -59,7 +73,7 @@ func (c *Client) Stream(ctx context.Context, cfg *sidecarv1.SynthesisConfig, opt
 // the sidecar and DashScope buffer them until a sentence ends, a Flush or
 // the Finish.
 func (s *Stream) SendText(text string) error {
-	return s.call.Send(&sidecarv1.StreamingSynthesizeRequest{
+	return s.send("SendText", &sidecarv1.StreamingSynthesizeRequest{
 		Request: &sidecarv1.StreamingSynthesizeRequest_Text{Text: text},
 	})
 }
@@ -68,7 +82,7 @@ func (s *Stream) SendText(text string) error {
 // waiting for the end of a sentence. A FlushAcknowledged response follows
 // in order with the audio.
 func (s *Stream) Flush() error {
-	return s.call.Send(&sidecarv1.StreamingSynthesizeRequest{
+	return s.send("Flush", &sidecarv1.StreamingSynthesizeRequest{
 		Request: &sidecarv1.StreamingSynthesizeRequest_Flush{Flush: &sidecarv1.Flush{}},
 	})
 }
@@ -77,6 +91,9 @@ func (s *Stream) Flush() error {
 // remaining audio and the Completed response still arrive on the receive
 // side.
 func (s *Stream) Finish() error {
+	if err := s.closeSend("Finish"); err != nil {
+		return err
+	}
 	err := s.call.Send(&sidecarv1.StreamingSynthesizeRequest{
 		Request: &sidecarv1.StreamingSynthesizeRequest_Finish{Finish: &sidecarv1.Finish{}},
 	})
@@ -87,9 +104,35 @@ func (s *Stream) Finish() error {
 }
 
 // CloseSend half-closes the call without an explicit finish message, which
-// the sidecar treats the same way as Finish.
+// the sidecar treats the same way as Finish. After Finish it does nothing.
 func (s *Stream) CloseSend() error {
+	if s.closeSend("CloseSend") != nil {
+		return nil
+	}
 	return s.call.CloseSend()
+}
+
+// send sends req unless the send side is closed.
+func (s *Stream) send(what string, req *sidecarv1.StreamingSynthesizeRequest) error {
+	s.mu.Lock()
+	closedBy := s.closedBy
+	s.mu.Unlock()
+	if closedBy != "" {
+		return fmt.Errorf("cosyvoice: %s after %s: %w", what, closedBy, ErrSendClosed)
+	}
+	return s.call.Send(req)
+}
+
+// closeSend marks the send side closed by what, or returns the error of a
+// send after it was closed already.
+func (s *Stream) closeSend(what string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closedBy != "" {
+		return fmt.Errorf("cosyvoice: %s after %s: %w", what, s.closedBy, ErrSendClosed)
+	}
+	s.closedBy = what
+	return nil
 }
 
 // Recv returns the next response: one Started first, then Audio, Sentence
@@ -135,9 +178,17 @@ func (s *Stream) Result() *Result {
 }
 
 // Header returns the response headers (e.g. x-request-id), waiting for them
-// if needed.
+// if needed: the sidecar sends them with the first response. A call refused
+// before that has no headers; its x-request-id is in the [Stream.Trailer].
 func (s *Stream) Header() (metadata.MD, error) {
 	return s.call.Header()
+}
+
+// Trailer returns the trailing metadata once Recv has returned an error or
+// io.EOF, e.g. x-request-id of a refused call, or the grpc-retry-pushback-ms
+// the sidecar asked a retry to wait.
+func (s *Stream) Trailer() metadata.MD {
+	return s.call.Trailer()
 }
 
 // Cancel ends the call now, e.g. when the caller stops listening. Pending

@@ -370,8 +370,10 @@ func (g *gen) closedLoop(start time.Time) {
 // therefore fit on one connection; the sidecar's own --max-streams admission
 // is what bounds them, and the bench sets it above the level.
 func dial(target string) (*grpc.ClientConn, error) {
-	// With the client package's options, as cosyvoice.NewClient dials.
+	// With the client package's options, as cosyvoice.NewClient dials, but no
+	// retries: the bench counts every refusal, which a retry would hide.
 	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, cosyvoice.DialOptions()...)
+	opts = append(opts, grpc.WithDisableRetry())
 	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return nil, err

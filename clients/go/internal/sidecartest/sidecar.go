@@ -53,6 +53,8 @@ type Options struct {
 	// LogLimit is how many bytes of the sidecar's stderr [Sidecar.Logs] keeps
 	// (the last ones); 0 means 64 KiB.
 	LogLimit int
+	// Args are extra `serve` flags, e.g. "--pool-max-size", "1".
+	Args []string
 }
 
 // Start launches bin with the default [Options] and waits (at most timeout)
@@ -63,7 +65,7 @@ func Start(bin string, timeout time.Duration) (*Sidecar, error) {
 
 // StartWith is [Start] with options.
 func StartWith(bin string, timeout time.Duration, opts Options) (*Sidecar, error) {
-	cmd := exec.Command(bin, "serve", "--emulator", "--listen", "127.0.0.1:0")
+	cmd := exec.Command(bin, append([]string{"serve", "--emulator", "--listen", "127.0.0.1:0"}, opts.Args...)...)
 	cmd.Env = append(environWithoutOTel(), opts.Env...)
 	// Wait gives up on the output pipes this long after the exit, should a
 	// grandchild still hold them.

@@ -26,7 +26,9 @@ import java.util.function.Consumer;
  *
  * <p>States: open → finished (after {@link #finish}) or cancelled (after {@link #cancel}); and the
  * call may end on its own (error, deadline) while open. Sending in any state but open throws
- * {@link IllegalStateException}. The methods are thread-safe.
+ * {@link IllegalStateException} naming the call and the state, and sends nothing: after {@link
+ * #finish} the call goes on, and its audio and {@code completed} still arrive. The methods are
+ * thread-safe.
  *
  * <p>Requests are buffered without limit when the network is slower than the sender; text
  * fragments are small, so this only matters for senders of megabytes.
@@ -73,7 +75,7 @@ public final class StreamingSession {
     if (text.isEmpty()) {
       throw new IllegalArgumentException("text must not be empty");
     }
-    send(StreamingSynthesizeRequest.newBuilder().setText(text).build());
+    send("sendText", StreamingSynthesizeRequest.newBuilder().setText(text).build());
   }
 
   /**
@@ -83,7 +85,8 @@ public final class StreamingSession {
    * @throws IllegalStateException after {@link #finish}, {@link #cancel}, or the end of the call
    */
   public synchronized void flush() {
-    send(StreamingSynthesizeRequest.newBuilder().setFlush(Flush.getDefaultInstance()).build());
+    send("flush",
+        StreamingSynthesizeRequest.newBuilder().setFlush(Flush.getDefaultInstance()).build());
   }
 
   /**
@@ -93,7 +96,8 @@ public final class StreamingSession {
    * @throws IllegalStateException after {@link #finish}, {@link #cancel}, or the end of the call
    */
   public synchronized void finish() {
-    send(StreamingSynthesizeRequest.newBuilder().setFinish(Finish.getDefaultInstance()).build());
+    send("finish",
+        StreamingSynthesizeRequest.newBuilder().setFinish(Finish.getDefaultInstance()).build());
     requests.onCompleted();
     state = State.FINISHED;
   }
@@ -123,14 +127,16 @@ public final class StreamingSession {
     return completion.copy();
   }
 
-  private void send(StreamingSynthesizeRequest request) {
+  private void send(String what, StreamingSynthesizeRequest request) {
     if (state != State.OPEN) {
-      throw new IllegalStateException("the session is " + state.name().toLowerCase(Locale.ROOT));
+      String after = state == State.FINISHED ? "finish()" : "cancel()";
+      throw new IllegalStateException(what + "() after " + after + ": the session is "
+          + state.name().toLowerCase(Locale.ROOT) + " and takes no more requests");
     }
     if (endedWith != null) {
       String why = endedWith.getDescription() == null ? "" : ": " + endedWith.getDescription();
       throw new IllegalStateException(
-          "the call already ended with " + endedWith.getCode() + why);
+          what + "(): the call already ended with " + endedWith.getCode() + why);
     }
     requests.onNext(request);
   }

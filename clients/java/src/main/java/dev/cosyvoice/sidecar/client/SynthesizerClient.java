@@ -19,8 +19,10 @@ import io.grpc.stub.StreamObserver;
 import java.io.ByteArrayOutputStream;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Map;
 import java.util.Objects;
 import java.util.concurrent.TimeUnit;
+import java.util.function.UnaryOperator;
 
 /**
  * A client of the cosyvoice-sidecar {@code Synthesizer} service.
@@ -39,6 +41,8 @@ import java.util.concurrent.TimeUnit;
  * <p>Every failure is an {@link StatusRuntimeException} with the sidecar's status code and message
  * unchanged: {@code INVALID_ARGUMENT} names the bad field, {@code RESOURCE_EXHAUSTED} means the
  * pool or the upstream quota is full, {@code UNAVAILABLE} that the upstream cannot be reached.
+ * Channels built by {@link #forTarget} retry calls refused before any audio (see {@link
+ * #defaultServiceConfig()}).
  *
  * <p>Instances are immutable and thread-safe; share one per process. {@link #close()} shuts down
  * the channel only if this client created it ({@link #forTarget}); a channel passed to {@link
@@ -85,7 +89,8 @@ public final class SynthesizerClient implements AutoCloseable {
    * "127.0.0.1:50051"} or {@code "dns:///sidecar:50051"}. The sidecar listens on loopback or a
    * private network, hence no TLS; use {@link #forTarget(String, ChannelCredentials)} otherwise.
    * The channel uses grpc-java's default settings (keepalive off, which the sidecar accepts on idle
-   * connections indefinitely) but a fixed {@link #FLOW_CONTROL_WINDOW}.
+   * connections indefinitely) but a fixed {@link #FLOW_CONTROL_WINDOW} and the retry policy of
+   * {@link #defaultServiceConfig()}.
    */
   public static SynthesizerClient forTarget(String target) {
     return forTarget(target, InsecureChannelCredentials.create());
@@ -93,14 +98,59 @@ public final class SynthesizerClient implements AutoCloseable {
 
   /**
    * Create a client with its own channel to {@code target} using {@code credentials}, with a fixed
-   * {@link #FLOW_CONTROL_WINDOW}.
+   * {@link #FLOW_CONTROL_WINDOW} and the retry policy of {@link #defaultServiceConfig()}.
    */
   public static SynthesizerClient forTarget(String target, ChannelCredentials credentials) {
-    ManagedChannel channel = NettyChannelBuilder.forTarget(target, credentials)
+    return forTarget(target, credentials, UnaryOperator.identity());
+  }
+
+  /**
+   * Create a client with its own channel to {@code target}, built by a {@link NettyChannelBuilder}
+   * that {@code customize} may change after this class's settings, e.g. {@code b ->
+   * b.disableRetry()} to turn retries off, or {@code b -> b.keepAliveTime(30, SECONDS)}. The
+   * client owns the channel, as with {@link #forTarget(String)}.
+   */
+  public static SynthesizerClient forTarget(
+      String target,
+      ChannelCredentials credentials,
+      UnaryOperator<NettyChannelBuilder> customize) {
+    NettyChannelBuilder builder = NettyChannelBuilder.forTarget(target, credentials)
         .flowControlWindow(FLOW_CONTROL_WINDOW)
-        .build();
+        .defaultServiceConfig(defaultServiceConfig())
+        .enableRetry();
+    ManagedChannel channel = customize.apply(builder).build();
     return new SynthesizerClient(
         channel, channel, SynthesizerGrpc.newBlockingStub(channel), SynthesizerGrpc.newStub(channel));
+  }
+
+  /**
+   * Return the default service config of the channels {@link #forTarget} builds: a retry policy,
+   * for {@code ManagedChannelBuilder.defaultServiceConfig} (with {@code enableRetry()}) on a
+   * channel you build yourself.
+   *
+   * <p>gRPC retries a call by itself only while the call is uncommitted (gRFC A6). The sidecar
+   * sends no response headers before its first response, so a call it refuses before any audio
+   * can be sent again: {@code RESOURCE_EXHAUSTED} (every upstream connection busy, too many
+   * calls, DashScope throttling) and {@code UNAVAILABLE} (draining, upstream unreachable), at most
+   * 3 attempts. A call that fails after audio has flowed is never retried, so no audio is played
+   * twice. The sidecar's {@code grpc-retry-pushback-ms} trailer says how long to wait, in place of
+   * the backoff; retry throttling stops retrying while more than about one call in ten fails. The
+   * Go and Python clients carry the same policy.
+   */
+  public static Map<String, ?> defaultServiceConfig() {
+    // grpc-java reads JSON numbers as Double.
+    Map<String, Object> retryPolicy = Map.of(
+        "maxAttempts", 3.0,
+        "initialBackoff", "0.1s",
+        "maxBackoff", "1s",
+        "backoffMultiplier", 2.0,
+        "retryableStatusCodes", List.of("UNAVAILABLE", "RESOURCE_EXHAUSTED"));
+    Map<String, Object> methodConfig = Map.of(
+        "name", List.of(Map.of("service", SynthesizerGrpc.SERVICE_NAME)),
+        "retryPolicy", retryPolicy);
+    return Map.of(
+        "methodConfig", List.of(methodConfig),
+        "retryThrottling", Map.of("maxTokens", 10.0, "tokenRatio", 0.1));
   }
 
   /**

@@ -20,6 +20,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.time.Instant;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
 import java.util.Optional;
@@ -82,15 +83,18 @@ final class Sidecar {
         + " or set it to the cosyvoice-sidecar executable";
   }
 
-  /** Start the sidecar and wait until it serves; see {@link #unavailable()} first. */
-  static Sidecar start(String name) throws IOException, InterruptedException {
+  /**
+   * Start the sidecar, with {@code serveArgs} added to its {@code serve} flags, and wait until it
+   * serves; see {@link #unavailable()} first.
+   */
+  static Sidecar start(String name, String... serveArgs) throws IOException, InterruptedException {
     String bin = System.getenv(BIN_ENV);
     Path log = Path.of("target", "sidecar-" + name + ".log");
     Files.createDirectories(log.getParent());
-    Process process =
-        new ProcessBuilder(bin, "serve", "--emulator", "--listen", "127.0.0.1:0")
-            .redirectError(log.toFile())
-            .start();
+    List<String> command =
+        new ArrayList<>(List.of(bin, "serve", "--emulator", "--listen", "127.0.0.1:0"));
+    command.addAll(List.of(serveArgs));
+    Process process = new ProcessBuilder(command).redirectError(log.toFile()).start();
     BlockingQueue<String> lines = new LinkedBlockingQueue<>();
     Thread reader = new Thread(() -> drain(process, lines), "sidecar-stdout-" + name);
     reader.setDaemon(true);

@@ -114,6 +114,29 @@ class SynthesizerClientTest {
     assertTrue(late.getMessage().contains("finished"), late.getMessage());
   }
 
+  /** Issue 15: a send after finish() fails locally, and the call still completes. */
+  @Test
+  void sendAfterFinishFailsLocallyAndTheCallCompletes() throws Exception {
+    RecordingListener listener = new RecordingListener();
+    StreamingSession session = client.streamingSynthesize(null, listener);
+    session.sendText("Everything there is to say.");
+    session.finish();
+    IllegalStateException text =
+        assertThrows(IllegalStateException.class, () -> session.sendText("One more thing."));
+    assertTrue(text.getMessage().startsWith("sendText() after finish()"), text.getMessage());
+    IllegalStateException flush = assertThrows(IllegalStateException.class, session::flush);
+    assertTrue(flush.getMessage().startsWith("flush() after finish()"), flush.getMessage());
+    assertThrows(IllegalStateException.class, session::finish);
+
+    Completed completed = session.completion().get(30 * scale(), TimeUnit.SECONDS);
+    assertTrue(listener.ended.await(5, TimeUnit.SECONDS), "the listener saw no terminal callback");
+    assertEquals(List.of("completed"), listener.terminals(), "terminal callbacks");
+    List<SynthesizeResponse> responses = listener.responses();
+    byte[] audio = Responses.assertOrderedAudio(responses);
+    assertEquals(completed.getAudioBytes(), audio.length, "completed.audio_bytes");
+    Responses.assertUpstreamAudio(sidecar, responses.get(0).getStarted(), audio);
+  }
+
   @Test
   void flushIsAcknowledgedInOrderWithTheAudio() throws Exception {
     CollectingObserver observer = new CollectingObserver();
