@@ -45,7 +45,13 @@ from sidecar.call._events import (
 from sidecar.call._params import TaskParams
 from sidecar.call._text import TextFeed
 from sidecar.config import Config
-from sidecar.errors import CallerIdle, InvalidRequest, SidecarError, UpstreamUnavailable
+from sidecar.errors import (
+    CallerIdle,
+    InvalidRequest,
+    SidecarError,
+    UpstreamTaskFailed,
+    UpstreamUnavailable,
+)
 from sidecar.pool import Lease, Pool
 from sidecar.telemetry import Synthesis, TaskReport, Telemetry
 from sidecar.upstream import UpstreamTask
@@ -166,7 +172,7 @@ class Call:
                 self._report(error)
 
     def abort(self, error: SidecarError) -> None:
-        """End the call with ``error`` (shutdown past the drain grace, a stalled caller).
+        """End the call with ``error`` (shutdown past the drain grace, a reclaimed lease).
 
         Never blocks: the pumps stop, pending events are dropped, and the
         writer raises ``error``; leaving :meth:`running` stops the task.
@@ -193,9 +199,9 @@ class Call:
                     start_timeout=self._config.start_timeout_s,
                 )
         except BaseException as exc:
-            synthesis.started(
-                task_id=getattr(exc, "task_id", ""), connection_id=lease.connection.id
-            )
+            # A task refused at start (a bad voice, throttling) has an id too.
+            task_id = exc.task_id if isinstance(exc, UpstreamTaskFailed) else ""
+            synthesis.started(task_id=task_id, connection_id=lease.connection.id)
             synthesis.end(TaskReport(outcome_error=exc))
             raise
         synthesis.started(task_id=task.task_id, connection_id=lease.connection.id)
