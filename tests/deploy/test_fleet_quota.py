@@ -32,6 +32,7 @@ from tests.deploy.conftest import (
     FLEET_COMPONENT,
     FLEET_EXAMPLE,
     HELM,
+    REPO,
     env_of,
     kustomize_build,
     pod_spec,
@@ -54,6 +55,7 @@ HELM_FLEET = (
     "cosyvoiceSidecar.settings.COSYVOICE_SIDECAR_POOL_MAX_SIZE=20",
 )
 REDIS_URL = re.compile(r"rediss?://", re.IGNORECASE)
+FLEET_DOC = REPO / "docs" / "fleet-quota.md"
 
 
 def _strings(node: Any) -> Iterator[str]:
@@ -236,3 +238,22 @@ def test_helm_fleet_refuses_incomplete_values(helm: Helm, values: list[str], mes
     result = helm.render("cosyvoiceSidecar.fleet.enabled=true", *values)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_documented_egress_policy_validates_and_selects_the_sidecars(
+    version: str, tmp_path: Path
+) -> None:
+    """The NetworkPolicy of docs/fleet-quota.md is valid and selects the pods with a sidecar,
+    admitting Redis, DashScope (443) and DNS by port."""
+    blocks = re.findall(r"^```yaml\n(.*?)^```", FLEET_DOC.read_text(encoding="utf-8"), re.M | re.S)
+    docs = [doc for block in blocks for doc in yaml.safe_load_all(block) if doc]
+    (policy,) = [d for d in docs if d.get("kind") == "NetworkPolicy"]
+    validate_docs([policy], version, tmp_path)
+    template = next(d for d in kustomize_build(FLEET_EXAMPLE) if d["kind"] == "Deployment")
+    labels = template["spec"]["template"]["metadata"]["labels"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector.items() <= labels.items()
+    assert policy["spec"]["policyTypes"] == ["Egress"]
+    ports = {(p["port"], p["protocol"]) for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert {(6379, "TCP"), (443, "TCP"), (53, "UDP"), (53, "TCP")} <= ports
