@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.deploy.charts import EXAMPLE_CHART, LIBRARY_CHART, Helm
 from tests.deploy.dockerfile import Stage, parse
 from tests.helpers import require_executable
 from tests.timing import scaled
@@ -33,6 +34,8 @@ __all__ = [
     "DEPLOY",
     "DOCKERFILE",
     "EXAMPLE",
+    "FLEET_COMPONENT",
+    "FLEET_EXAMPLE",
     "HELM",
     "OVERLAY",
     "PODMONITOR",
@@ -55,6 +58,8 @@ OVERLAY = DEPLOY / "overlays" / "unix-socket"
 COMPONENT = DEPLOY / "components" / "sidecar"
 PODMONITOR = DEPLOY / "components" / "podmonitor"
 EXAMPLE = DEPLOY / "examples" / "existing-app"
+FLEET_COMPONENT = DEPLOY / "components" / "fleet-quota"
+FLEET_EXAMPLE = DEPLOY / "examples" / "fleet-quota"
 HELM = REPO / "deploy" / "helm"
 SCRIPT = "install-runtime.sh"
 # Where the image keeps what the test rebuilds; any other absolute path in a
@@ -225,3 +230,16 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Image:
     )
     _run_step(built, "runtime", root, log)
     return built
+
+
+@pytest.fixture(scope="module")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    """deploy/helm copied aside, the example's dependency on the library resolved there."""
+    root = tmp_path_factory.mktemp("helm")
+    for chart in (LIBRARY_CHART, EXAMPLE_CHART):
+        shutil.copytree(HELM / chart, root / chart)
+    tool = Helm(root)
+    # file://../cosyvoice-sidecar: packaged into example-app/charts, no network.
+    result = tool.run("dependency", "update", "--skip-refresh", EXAMPLE_CHART)
+    assert result.returncode == 0, result.stderr
+    return tool

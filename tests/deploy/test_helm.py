@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,61 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.conftest import (
-    BASE,
-    HELM,
-    kustomize_build,
-    pod_spec,
-    require_executable,
-    sidecar_container,
-)
+from tests.deploy.charts import EXAMPLE_CHART, LIBRARY_CHART, RELEASE, Helm
+from tests.deploy.conftest import BASE, HELM, kustomize_build, pod_spec, sidecar_container
 from tests.deploy.test_manifests import KUBERNETES_VERSIONS, validate_docs
-from tests.timing import scaled
-
-LIBRARY = "cosyvoice-sidecar"
-EXAMPLE = "example-app"
-RELEASE = "tts"
-
-
-class Helm:
-    """The pinned helm, on a copy of deploy/helm, with its caches and config in that copy."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.binary = require_executable("helm")
-        homes = ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME")
-        self.env = dict(os.environ) | {name: str(root / ".helm" / name) for name in homes}
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(  # noqa: S603 - a pinned tool, no shell
-            [self.binary, *args],
-            cwd=self.root,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=scaled(60),
-            check=False,
-        )
-
-    def template(self, *sets: str) -> list[dict[str, Any]]:
-        """Render the example chart (release "tts") with ``--set`` values."""
-        options = [f"--set={s}" for s in sets]
-        result = self.run("template", RELEASE, EXAMPLE, *options)
-        assert result.returncode == 0, result.stderr
-        return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
-@pytest.fixture(scope="module")
-def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
-    """deploy/helm copied aside, the example's dependency on the library resolved there."""
-    root = tmp_path_factory.mktemp("helm")
-    for chart in (LIBRARY, EXAMPLE):
-        shutil.copytree(HELM / chart, root / chart)
-    tool = Helm(root)
-    # file://../cosyvoice-sidecar: packaged into example-app/charts, no network.
-    result = tool.run("dependency", "update", "--skip-refresh", EXAMPLE)
-    assert result.returncode == 0, result.stderr
-    return tool
 
 
 def _env(container: Mapping[str, Any]) -> dict[str, str]:
@@ -74,10 +19,31 @@ def _env(container: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _without_env(container: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in container.items() if k != "env"}
+    """The container without its env, its mounts in a fixed order (their order means nothing)."""
+    result = {k: v for k, v in container.items() if k != "env"}
+    result["volumeMounts"] = sorted(container["volumeMounts"], key=lambda m: m["mountPath"])
+    return result
 
 
-@pytest.mark.parametrize("chart", [LIBRARY, EXAMPLE])
+def sidecar_volumes(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The pod's volumes the sidecar brings (named cosyvoice-sidecar-*), sorted by name."""
+    found = [v for v in pod["volumes"] if v["name"].startswith("cosyvoice-sidecar-")]
+    return sorted(found, key=lambda v: v["name"])
+
+
+def assert_same_sidecar(rendered: list[dict[str, Any]], built: list[dict[str, Any]]) -> None:
+    """Helm's and kustomize's sidecar agree: container, env (a set), its volumes."""
+    helm_pod, kustomize_pod = pod_spec(rendered), pod_spec(built)
+    helm_sidecar = sidecar_container(helm_pod)
+    kustomize_sidecar = sidecar_container(kustomize_pod)
+    # The environment is a set of settings: the order of its entries means nothing.
+    assert _env(helm_sidecar) == _env(kustomize_sidecar)
+    assert _without_env(helm_sidecar) == _without_env(kustomize_sidecar)
+    assert sidecar_volumes(helm_pod) == sidecar_volumes(kustomize_pod)
+    assert len(sidecar_volumes(helm_pod)) == len(helm_sidecar["volumeMounts"])
+
+
+@pytest.mark.parametrize("chart", [LIBRARY_CHART, EXAMPLE_CHART])
 def test_helm_lint_strict(helm: Helm, chart: str) -> None:
     """helm lint --strict passes for the library and the example chart."""
     result = helm.run("lint", "--strict", chart)
@@ -87,9 +53,9 @@ def test_helm_lint_strict(helm: Helm, chart: str) -> None:
 
 def test_library_chart_installs_nothing_by_itself(helm: Helm) -> None:
     """A library chart: it can only be included in the pods of the chart that depends on it."""
-    (chart,) = yaml.safe_load_all((HELM / LIBRARY / "Chart.yaml").read_text())
+    (chart,) = yaml.safe_load_all((HELM / LIBRARY_CHART / "Chart.yaml").read_text())
     assert chart["type"] == "library"
-    result = helm.run("template", RELEASE, LIBRARY)
+    result = helm.run("template", RELEASE, LIBRARY_CHART)
     assert result.returncode != 0
     assert "library" in result.stderr.lower(), result.stderr
 
@@ -113,18 +79,8 @@ def test_helm_renders_the_kustomize_sidecar(helm: Helm) -> None:
     """Container, volumes, pod label and annotations, grace, scraper rule: as kustomize renders."""
     rendered = helm.template()
     built = kustomize_build(BASE)
+    assert_same_sidecar(rendered, built)
     helm_pod, kustomize_pod = pod_spec(rendered), pod_spec(built)
-    helm_sidecar = sidecar_container(helm_pod)
-    kustomize_sidecar = sidecar_container(kustomize_pod)
-    # The environment is a set of settings: the order of its entries means nothing.
-    assert _env(helm_sidecar) == _env(kustomize_sidecar)
-    assert _without_env(helm_sidecar) == _without_env(kustomize_sidecar)
-
-    def sidecar_volumes(pod: dict[str, Any]) -> list[dict[str, Any]]:
-        return [v for v in pod["volumes"] if v["name"].startswith("cosyvoice-sidecar-")]
-
-    assert sidecar_volumes(helm_pod) == sidecar_volumes(kustomize_pod)
-    assert len(sidecar_volumes(helm_pod)) == len(helm_sidecar["volumeMounts"])
     templates = [
         next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]
         for docs in (rendered, built)

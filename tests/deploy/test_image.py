@@ -8,19 +8,24 @@ import re
 import signal
 import tomllib
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from cosyvoice.sidecar.v1 import status_pb2, status_pb2_grpc
 from cosyvoice_sidecar_client import AsyncSynthesizerClient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from redis.asyncio import Redis
 
+from sidecar.config import FLEET_URL_FILE_ENV
 from sidecar.emulator import Emulator, EmulatorKnobs
 from sidecar.server import SERVICE_NAME
 from tests.deploy.conftest import (
     BASE,
+    FLEET_EXAMPLE,
     OVERLAY,
     REPO,
     Image,
@@ -29,7 +34,9 @@ from tests.deploy.conftest import (
     pod_spec,
     sidecar_container,
 )
-from tests.helpers import eventually, eventually_async, sha256, task_record
+from tests.fleet.redis_server import RedisServer
+from tests.fleet.tls import make_server_tls
+from tests.helpers import eventually, eventually_async, require_executable, sha256, task_record
 from tests.timing import scaled
 
 # The first test pays for the install (seconds with a warm pip cache).
@@ -351,6 +358,98 @@ async def test_a_dashscope_outage_keeps_the_pod_ready_unless_told_otherwise(
             assert await _terminate(proc, within=20) == 0
     finally:
         await emulator.aclose()
+
+
+async def _status(address: str) -> status_pb2.GetStatusResponse:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = status_pb2_grpc.SidecarStatusStub(channel)
+        request = status_pb2.GetStatusRequest()
+        reply: status_pb2.GetStatusResponse = await stub.GetStatus(request, timeout=scaled(5))
+    return reply
+
+
+@pytest.mark.parametrize("transport", ["password", "tls"])
+async def test_entrypoint_with_the_fleet_manifest_enforces_the_quota_on_redis(
+    image: Image, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, transport: str
+) -> None:
+    """The fleet example's env, the Redis URL (with its password) in a Secret volume: the
+    sidecar reaches a real redis-server, GetStatus shows the quota enforced, calls take
+    their slots there under the manifest's key, and the password shows nowhere.
+
+    "tls": rediss://, the CA a second key of the same Secret, beside the URL file."""
+    sidecar = _sidecar(FLEET_EXAMPLE)
+    manifest_env = _manifest_env(sidecar)
+    url_file = Path(manifest_env[FLEET_URL_FILE_ENV])
+    (mount,) = [m for m in sidecar["volumeMounts"] if m["mountPath"] == str(url_file.parent)]
+    password = f"fleet-canary-{uuid.uuid4().hex}"
+    tls = make_server_tls(tmp_path_factory.mktemp("tls")) if transport == "tls" else None
+    redis_server = RedisServer(require_executable("redis-server"), password=password, tls=tls)
+    secret_dir = tmp_path / "fleet-secret"  # the kubelet's view of mount["mountPath"]
+    files = {}
+    if tls is not None:
+        files["ca.pem"] = tls.ca.read_text(encoding="utf-8").strip()
+    key_file = _key_file(tmp_path, manifest_env["DASHSCOPE_API_KEY_FILE"])
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    await redis_server.start()
+    try:
+        # The URL as an operator would write it: the CA named at its path in the pod.
+        url = redis_server.url
+        if tls is not None:
+            url = url.replace(str(tls.ca), f"{mount['mountPath']}/ca.pem")
+        assert password in url
+        files[url_file.name] = url.replace(mount["mountPath"], str(secret_dir))
+        _kubelet_write(secret_dir, files, generation=1)
+        async with Emulator() as emulator:
+            env = image.environment(
+                {
+                    **manifest_env,
+                    "COSYVOICE_SIDECAR_LISTEN": "127.0.0.1:0",
+                    "COSYVOICE_SIDECAR_UPSTREAM_URL": emulator.url,
+                    "DASHSCOPE_API_KEY_FILE": str(key_file),
+                    FLEET_URL_FILE_ENV: str(secret_dir / url_file.name),
+                }
+            )
+            async with _entrypoint(image, env, cwd) as (proc, address):
+                fleet = (await _status(address)).pool.fleet
+                assert fleet.enforced, fleet
+                assert fleet.quota == int(manifest_env["COSYVOICE_SIDECAR_FLEET_QUOTA"])
+                assert fleet.key == manifest_env["COSYVOICE_SIDECAR_FLEET_KEY"]
+                async with AsyncSynthesizerClient(address) as client:
+                    for _ in range(2):
+                        result = await client.synthesize("Within the quota.", timeout=scaled(10))
+                        assert result.audio
+                status = await _status(address)
+                assert status.pool.fleet.enforced
+                assert status.pool.fleet.round_trips > 0
+                assert status.pool.fleet.redis_errors == 0, status.pool.fleet.last_error
+                assert password not in str(status)
+
+                # The slots were taken in that Redis, under the manifest's key.
+                local_url = files[url_file.name]
+                looker = Redis.from_url(local_url, socket_timeout=scaled(5), decode_responses=True)
+                async with looker as redis:
+                    metas = [str(k) for k in await redis.keys("*:meta")]
+                    assert len(metas) == 1, metas
+                    fleet_key = manifest_env["COSYVOICE_SIDECAR_FLEET_KEY"]
+                    assert f"{{{fleet_key}}}" in metas[0], metas  # the key, as a hash tag
+                    quota = await redis.hget(metas[0], "quota")
+                    assert quota == manifest_env["COSYVOICE_SIDECAR_FLEET_QUOTA"]
+
+                # The metric an alert on "Redis unreachable" reads.
+                stderr = cwd.parent / f"{cwd.name}.stderr"
+                log = stderr.read_text(errors="replace")
+                match = re.search(r"metrics for Prometheus on (http://\S+/metrics)", log)
+                assert match, log[-2000:]
+                scrape = await asyncio.to_thread(_get, match.group(1))
+                assert re.search(r"^cosyvoice_fleet_enforced\S* 1(\.0)?$", scrape, re.M), [
+                    line for line in scrape.splitlines() if "fleet" in line
+                ]
+                assert await _terminate(proc, within=20) == 0
+        log = (cwd.parent / f"{cwd.name}.stderr").read_text(errors="replace")
+        assert password not in log
+    finally:
+        await redis_server.close()
 
 
 def _get(url: str) -> str:

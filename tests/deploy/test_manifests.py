@@ -9,13 +9,20 @@ from typing import Any
 import pytest
 import yaml
 
-from sidecar.config import API_KEY_ENV, API_KEY_FILE_ENV, AUTH_TOKEN_ENV, AUTH_TOKEN_FILE_ENV
+from sidecar.config import (
+    API_KEY_ENV,
+    API_KEY_FILE_ENV,
+    AUTH_TOKEN_ENV,
+    AUTH_TOKEN_FILE_ENV,
+    FLEET_URL_FILE_ENV,
+)
 from sidecar.config import OPTIONS as SIDECAR_OPTIONS
 from sidecar.server import LIVENESS_SERVICE
 from sidecar.telemetry import telemetry_from_env
 from tests.deploy.conftest import (
     BASE,
     EXAMPLE,
+    FLEET_EXAMPLE,
     OVERLAY,
     env_of,
     kustomize_build,
@@ -30,7 +37,12 @@ from tests.timing import scaled
 # init container) on by default. 1.37: the newest the pinned kubernetes-validate knows.
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
 RESOURCE_FILES = sorted(p for p in BASE.glob("*.yaml") if p.name != "kustomization.yaml")
-TARGETS = {"base": BASE, "unix-socket": OVERLAY, "existing-app": EXAMPLE}
+TARGETS = {
+    "base": BASE,
+    "unix-socket": OVERLAY,
+    "existing-app": EXAMPLE,
+    "fleet-quota": FLEET_EXAMPLE,
+}
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 HANDLERS = ("exec", "httpGet", "tcpSocket", "grpc")
 # Kinds kubernetes-validate has no schema for (CRDs): checked field by field below.
@@ -50,6 +62,7 @@ KNOWN_ENV = (
         API_KEY_FILE_ENV,
         AUTH_TOKEN_ENV,
         AUTH_TOKEN_FILE_ENV,
+        FLEET_URL_FILE_ENV,
     }
 )
 METRICS_PORT = 9464
@@ -159,7 +172,7 @@ def test_component_keeps_what_the_deployment_had(built: dict[str, list[dict[str,
     assert _deployment(built["existing-app"])["metadata"]["name"] == "voice-bot"
 
 
-@pytest.mark.parametrize("target", ["base", "existing-app"])
+@pytest.mark.parametrize("target", ["base", "existing-app", "fleet-quota"])
 def test_probes_use_the_sidecar_port_and_health(
     target: str, built: dict[str, list[dict[str, Any]]]
 ) -> None:
@@ -254,7 +267,7 @@ def test_unix_socket_overlay_opens_no_grpc_port(built: dict[str, list[dict[str, 
     assert commands["livenessProbe"] == [*commands["startupProbe"], LIVENESS_SERVICE]
 
 
-@pytest.mark.parametrize("target", ["base", "existing-app"])
+@pytest.mark.parametrize("target", ["base", "existing-app", "fleet-quota"])
 def test_api_key_comes_from_a_mounted_secret_file(
     target: str, built: dict[str, list[dict[str, Any]]]
 ) -> None:
@@ -302,7 +315,7 @@ def test_sidecar_env_names_settings_it_reads(
         telemetry.shutdown()
 
 
-@pytest.mark.parametrize("target", ["base", "existing-app"])
+@pytest.mark.parametrize("target", ["base", "existing-app", "fleet-quota"])
 def test_termination_grace_covers_the_sidecar_drain(
     target: str, built: dict[str, list[dict[str, Any]]]
 ) -> None:
@@ -315,7 +328,7 @@ def test_termination_grace_covers_the_sidecar_drain(
     assert pod["terminationGracePeriodSeconds"] >= drain + 2 + 5 + 10
 
 
-@pytest.mark.parametrize("target", ["base", "existing-app"])
+@pytest.mark.parametrize("target", ["base", "existing-app", "fleet-quota"])
 def test_sidecar_is_hardened_on_its_own(
     target: str, built: dict[str, list[dict[str, Any]]]
 ) -> None:

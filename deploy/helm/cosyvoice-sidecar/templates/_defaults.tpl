@@ -28,6 +28,28 @@ settings:
   # terminationGracePeriodSeconds.
   COSYVOICE_SIDECAR_DRAIN_GRACE_S: "10"
   COSYVOICE_SIDECAR_LOG_LEVEL: info
+# The fleet quota (docs/fleet-quota.md): the sidecars of every pod that shares
+# `key` share one DashScope concurrency quota through Redis. Off unless enabled.
+fleet:
+  enabled: false
+  # The Secret holding the Redis URL (redis://[:password@]host:port/db, or
+  # rediss://), created by you; never in values. Mounted as a directory (no
+  # subPath), so its other keys are files beside it (a CA for rediss://). The
+  # sidecar reads the URL once, at start: restart the pods after changing it.
+  redisUrlSecret:
+    name: cosyvoice-fleet-redis
+    key: redis-url
+  # Required when enabled: tasks that may run at once fleet-wide (the account's
+  # concurrency quota for the model family, minus what other clients use).
+  quota: null
+  # Which quota (e.g. account/model family): pods with the same key share it.
+  key: default
+  # Task starts per second fleet-wide, against Throttling.BurstRate; null: no limit.
+  startRate: null
+  # How long a dead pod's slots stay taken (renewed every third of it).
+  leaseTtlSeconds: 15
+  # Redis unreachable: open (serve with local limits only) or closed (calls fail).
+  onRedisDown: open
 # More env entries, as in a container spec (valueFrom allowed), e.g. OTLP:
 # - {name: OTEL_EXPORTER_OTLP_ENDPOINT, value: "http://otel-collector:4317"}
 extraEnv: []

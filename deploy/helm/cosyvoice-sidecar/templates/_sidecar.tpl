@@ -69,6 +69,11 @@ replica shares that upstream; NOT_SERVING while draining), liveness asks
     - name: OTEL_EXPORTER_PROMETHEUS_PORT
       value: {{ $v.metrics.port | toString | quote }}
     {{- end }}
+    {{- with $v.fleet }}
+    {{- if .enabled }}
+    {{- include "cosyvoice-sidecar.fleetEnv" . | nindent 4 }}
+    {{- end }}
+    {{- end }}
     {{- with $v.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -118,12 +123,43 @@ replica shares that upstream; NOT_SERVING while draining), liveness asks
       readOnly: true
     - name: cosyvoice-sidecar-tmp
       mountPath: /tmp
+    {{- if $v.fleet.enabled }}
+    - name: cosyvoice-sidecar-fleet-redis
+      mountPath: /var/run/secrets/cosyvoice-fleet
+      readOnly: true
+    {{- end }}
+{{- end -}}
+
+{{/*
+The fleet quota's settings (internal; takes the merged "fleet" values). The URL
+itself is only ever in the Secret: the sidecar gets the name of its file.
+*/}}
+{{- define "cosyvoice-sidecar.fleetEnv" -}}
+{{- $quota := required "cosyvoiceSidecar.fleet.quota is required with fleet.enabled (the fleet's concurrent DashScope tasks)" .quota -}}
+{{- if not (has .onRedisDown (list "open" "closed")) -}}
+{{- fail "cosyvoiceSidecar.fleet.onRedisDown must be open or closed" -}}
+{{- end -}}
+- name: COSYVOICE_SIDECAR_FLEET_REDIS_URL_FILE
+  value: {{ printf "/var/run/secrets/cosyvoice-fleet/%s" .redisUrlSecret.key | quote }}
+- name: COSYVOICE_SIDECAR_FLEET_QUOTA
+  value: {{ toString $quota | quote }}
+- name: COSYVOICE_SIDECAR_FLEET_KEY
+  value: {{ toString .key | quote }}
+{{- if not (kindIs "invalid" .startRate) }}
+- name: COSYVOICE_SIDECAR_FLEET_START_RATE
+  value: {{ toString .startRate | quote }}
+{{- end }}
+- name: COSYVOICE_SIDECAR_FLEET_LEASE_TTL_S
+  value: {{ toString .leaseTtlSeconds | quote }}
+- name: COSYVOICE_SIDECAR_FLEET_ON_REDIS_DOWN
+  value: {{ .onRedisDown | quote }}
 {{- end -}}
 
 {{/*
 The key's Secret volume (mounted without subPath, so a rotated key reaches the
-running sidecar; mode 0444 because only the sidecar's container mounts it)
-and a small in-memory /tmp.
+running sidecar; mode 0444 because only the sidecar's container mounts it),
+a small in-memory /tmp and, with fleet.enabled, the Secret holding the fleet
+quota's Redis URL (mounted the same way, but read once at start).
 */}}
 {{- define "cosyvoice-sidecar.volumes" -}}
 {{- $v := include "cosyvoice-sidecar.values" . | fromYaml -}}
@@ -135,6 +171,12 @@ and a small in-memory /tmp.
   emptyDir:
     medium: Memory
     sizeLimit: 16Mi
+{{- if $v.fleet.enabled }}
+- name: cosyvoice-sidecar-fleet-redis
+  secret:
+    secretName: {{ $v.fleet.redisUrlSecret.name }}
+    defaultMode: 292
+{{- end }}
 {{- end -}}
 
 {{/* A NetworkPolicy ingress rule admitting the scraper to the metrics port. */}}
