@@ -35,7 +35,7 @@ from grpc_health.v1.health import aio as health_aio
 from sidecar.config import Config
 from sidecar.credentials import ApiKeySource
 from sidecar.errors import PoolClosed
-from sidecar.fleet import FleetQuota
+from sidecar.fleet import FleetQuota, redact_url
 from sidecar.pool import Pool
 from sidecar.rpc import (
     BearerTokenInterceptor,
@@ -157,6 +157,15 @@ class SidecarServer:
         log.info(
             "serving on %s, upstream %s, %r", self.address, self.config.upstream_url, self.pool
         )
+        if self.fleet is not None:
+            fleet = self.fleet.settings
+            log.info(
+                "fleet quota %r: %d tasks fleet-wide through %s, %s when Redis is down",
+                fleet.key,
+                fleet.quota,
+                redact_url(fleet.redis_url),
+                "local limits only" if fleet.on_redis_down == "open" else "calls fail",
+            )
         return self.address
 
     def _bind(self) -> str:
