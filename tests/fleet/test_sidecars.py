@@ -78,8 +78,9 @@ def _throttled(emulator: Emulator) -> int:
 
 async def _sidecars(
     stack: AsyncExitStack, emulator: Emulator, count: int, fleet: list[str]
-) -> list[str]:
-    addresses = []
+) -> list[tuple[Process, str]]:
+    """Start ``count`` sidecar processes on ``emulator``; return each with its address."""
+    started = []
     for _ in range(count):
         process = await stack.enter_async_context(
             Process(
@@ -93,8 +94,8 @@ async def _sidecars(
                 env={"DASHSCOPE_API_KEY": TEST_KEY},
             )
         )
-        addresses.append((await process.expect(r"serving on (\S+)")).group(1))
-    return addresses
+        started.append((process, (await process.expect(r"serving on (\S+)")).group(1)))
+    return started
 
 
 @pytest.fixture
@@ -115,7 +116,7 @@ async def test_three_sidecars_share_one_quota_without_throttling(
     """
     fleet = [f"--fleet-redis-url={redis_server.url}", f"--fleet-quota={QUOTA}"]
     async with AsyncExitStack() as stack:
-        addresses = await _sidecars(stack, account, 3, fleet)
+        addresses = [a for _, a in await _sidecars(stack, account, 3, fleet)]
         shared = await _callers(account, addresses, callers=30, calls_each=3)
     assert shared.other == []
     assert shared.completed + shared.exhausted == 90
@@ -125,7 +126,7 @@ async def test_three_sidecars_share_one_quota_without_throttling(
 
     before = len(account.stats.tasks)
     async with AsyncExitStack() as stack:
-        addresses = await _sidecars(stack, account, 3, [])
+        addresses = [a for _, a in await _sidecars(stack, account, 3, [])]
         alone = await _callers(account, addresses, callers=30, calls_each=3)
     throttled = sum(
         1 for t in account.stats.tasks[before:] if (t.error_code or "").startswith("Throttling")
@@ -191,3 +192,39 @@ async def test_redis_down_fails_closed_with_unavailable_when_told_to(
     assert "redis" in (info.value.details() or "").lower()
     # The warm socket was given back unused: nothing leaked, no task started.
     assert server.pool.status().busy == 0
+
+
+async def test_a_sidecar_killed_while_holding_slots_gives_them_back_within_the_ttl(
+    redis_server: RedisServer,
+) -> None:
+    """SIGKILL of a sidecar running quota-many tasks: the other gets the whole quota again
+    within one lease TTL, not never."""
+    ttl = scaled(3.0)
+    fleet = [
+        f"--fleet-redis-url={redis_server.url}",
+        "--fleet-quota=2",
+        f"--fleet-lease-ttl={ttl}",
+    ]
+    async with Emulator() as emulator, AsyncExitStack() as stack:
+        emulator.update_knobs(realtime_factor=1.0)  # tasks last seconds: slots stay held
+        (doomed, doomed_address), (_, survivor_address) = await _sidecars(stack, emulator, 2, fleet)
+        async with AsyncSynthesizerClient(doomed_address) as client:
+            held = [asyncio.create_task(client.synthesize(TEXT * 4)) for _ in range(2)]
+            await eventually(lambda: emulator.stats.running_tasks == 2, what="2 slots held")
+            assert doomed.proc is not None
+            doomed.proc.kill()  # SIGKILL: no chance to give its slots back
+            await asyncio.gather(*held, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        killed_at = loop.time()
+        async with AsyncSynthesizerClient(survivor_address) as client:
+            streams = [await client.open_stream() for _ in range(2)]
+            for stream in streams:
+                await stream.send_text(TEXT)
+                await stream.finish()
+            started = [await anext(aiter(stream)) for stream in streams]
+            waited = loop.time() - killed_at
+            for stream in streams:
+                async for _ in stream:
+                    pass
+    assert all(s.HasField("started") for s in started)
+    assert waited < ttl + scaled(2.0), f"the slots came back after {waited:.1f}s (TTL {ttl}s)"
