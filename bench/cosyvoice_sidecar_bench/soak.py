@@ -329,18 +329,31 @@ async def _run_call(stub: pb_grpc.SynthesizerStub, call: Call) -> None:
             elif response.HasField("audio"):
                 audio += response.audio.data
     except grpc.aio.AioRpcError as exc:
-        call.status, call.reason, call.retry_after_s = exc.code().name, *_details(exc)
-        call.details = (exc.details() or "")[:200]
-        if call.status == "INTERNAL" and not call.reason and call.details == _WRITE_RACE:
-            call.reason = WRITE_RACE
+        if cancelled and exc.code() is grpc.StatusCode.CANCELLED:
+            call.status = "cancelled"  # our own cancel, reported as a status (1 in ~30,000)
+            call.phase = _phase(call, audio)
+        else:
+            call.status, call.reason, call.retry_after_s = exc.code().name, *_details(exc)
+            call.details = (exc.details() or "")[:200]
+            if call.status == "INTERNAL" and not call.reason and call.details == _WRITE_RACE:
+                call.reason = WRITE_RACE
     except asyncio.CancelledError:
         if not cancelled:
             raise
         call.status = "cancelled"
-        call.phase = "mid-audio" if audio else "after-started" if call.task_id else "before-started"
+        call.phase = _phase(call, audio)
     finally:
         if timer is not None:
             timer.cancel()
+    _done(call, audio)
+
+
+def _phase(call: Call, audio: bytearray) -> str:
+    """Where the caller's cancel hit its call."""
+    return "mid-audio" if audio else "after-started" if call.task_id else "before-started"
+
+
+def _done(call: Call, audio: bytearray) -> None:
     call.audio_bytes = len(audio)
     call.audio_sha256 = hashlib.sha256(audio).hexdigest()
     call.prefix_ok = call.text.audio.startswith(audio)
@@ -825,11 +838,12 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         f"# Soak: {r['calls']:,} calls, {s['concurrency']} at a time",
         "",
-        f"Faults: fail at start every {s['fail_start_every']}th task, fail mid-audio every "
-        f"{s['fail_mid_every']}th, drop mid-audio every {s['drop_mid_every']}th, "
-        f"every run-task answered Throttling.RateQuota for {s['throttle_share']:.0%} of each "
-        f"{_THROTTLE_PERIOD_S:g} s; caller cancels "
-        f"{s['cancel_share']:.0%}; audio at {s['realtime_factor']:g}x real time; seed {s['seed']}.",
+        f"Faults: 1 task in {s['fail_start_every']} fails at start, 1 in {s['fail_mid_every']} "
+        f"after its first frame, 1 in {s['drop_mid_every']} has its connection dropped after "
+        f"its first frame; every run-task is answered Throttling.RateQuota for "
+        f"{s['throttle_share']:.0%} of every {_THROTTLE_PERIOD_S:g} s; callers cancel "
+        f"{s['cancel_share']:.0%} of the calls at a random moment; audio paced at "
+        f"{s['realtime_factor']:g} x its duration; seed {s['seed']}.",
         "",
         "| figure | value |",
         "| --- | --- |",
