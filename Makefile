@@ -28,7 +28,7 @@ HELM := helm.sh/helm/v4/cmd/helm@v4.3.2
 PACKAGES := podman buildah debootstrap redis-server
 IMAGE_TAG ?= localhost/cosyvoice-sidecar:dev
 
-.PHONY: run test venv tools packages image pin-base-images proto proto-check lint typecheck test-python test-go test-java bench clean
+.PHONY: run test venv tools packages image pin-base-images proto proto-check lint typecheck test-python test-go test-java bench soak clean
 
 run: venv
 	./scripts/run-demo.sh
@@ -116,6 +116,11 @@ test-java: venv
 bench: venv
 	$(BIN)/pip install --quiet -e './bench[extras]'
 	$(BIN)/cosyvoice-sidecar bench $(BENCH_ARGS)
+
+# The soak (docs/reliability.md): many calls under injected faults, every byte checked.
+soak: venv
+	$(BIN)/pip install --quiet -e './bench[extras]'
+	$(BIN)/cosyvoice-sidecar soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

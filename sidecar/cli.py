@@ -45,11 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The sidecar never forks; grpc's fork support costs CPU on every call.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     words = list(sys.argv[1:] if argv is None else argv)
-    # These two parse their own flags, so their modules load only when run.
+    # These parse their own flags, so their modules load only when run.
     if words[:1] == ["emulate"]:
         return _emulate(words[1:])
-    if words[:1] == ["bench"]:
-        return _bench(words[1:])
+    if words[:1] in (["bench"], ["soak"]):
+        return _bench(words)
     parser = _parser()
     args = parser.parse_args(words)
     if args.command is None:
@@ -89,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
         "bench",
         help="benchmark the sidecar (needs the cosyvoice-sidecar-bench package; "
         "see 'bench --help')",
+        add_help=False,
+    )
+    commands.add_parser(
+        "soak",
+        help="many calls under injected faults, every byte checked, leaks measured (needs "
+        "the cosyvoice-sidecar-bench package; see 'soak --help')",
         add_help=False,
     )
 
@@ -192,17 +198,21 @@ def _emulate(argv: list[str]) -> int:
     return emulator_cli.main(argv, prog="cosyvoice-sidecar emulate")
 
 
-def _bench(argv: list[str]) -> int:
+def _bench(words: list[str]) -> int:
+    """``bench ...`` or ``soak ...``: both live in the bench distribution."""
+    command = words[0]
     try:
         from cosyvoice_sidecar_bench import cli as bench_cli
     except ImportError:
         print(
-            "cosyvoice-sidecar bench: the benchmark is a separate package; install it with "
-            "'pip install ./bench' from a clone (make bench does)",
+            f"cosyvoice-sidecar {command}: the benchmark is a separate package; install it "
+            "with 'pip install ./bench' from a clone (make bench does)",
             file=sys.stderr,
         )
         return 2
-    return bench_cli.main(argv, prog="cosyvoice-sidecar bench")
+    if command == "soak":
+        return bench_cli.main(words, prog="cosyvoice-sidecar")
+    return bench_cli.main(words[1:], prog="cosyvoice-sidecar bench")
 
 
 async def _say(args: argparse.Namespace) -> int:

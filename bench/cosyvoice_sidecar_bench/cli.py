@@ -1,5 +1,8 @@
 """``cosyvoice-sidecar bench``: flags, the ``--quick`` preset, progress, and the outputs.
 
+``cosyvoice-sidecar-bench soak ...`` (and ``cosyvoice-sidecar soak``) runs
+:mod:`cosyvoice_sidecar_bench.soak` instead.
+
 :func:`add_arguments` declares the flags on a parser; :func:`run` (a
 coroutine) runs the bench and returns the exit code: 0 when every run
 completed (errors inside runs are measured, not fatal), 1 when a run broke or
@@ -339,14 +342,19 @@ def _clean(value: Any) -> Any:
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """Parse ``argv`` and run the benchmark; return the exit code."""
+    """Parse ``argv`` and run the benchmark (or, after ``soak``, the soak); return the exit code."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["soak"]:
+        from cosyvoice_sidecar_bench import soak
+
+        return soak.main(words[1:], prog=f"{prog} soak" if prog else None)
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Run the emulator, the sidecar and the other modes as separate processes "
         "and measure time to first audio under concurrency (Markdown on stdout; --json, --plot).",
     )
     add_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(words)
     try:
         return asyncio.run(run(args))
     except KeyboardInterrupt:

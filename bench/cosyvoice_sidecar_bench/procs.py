@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import sys
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -240,6 +241,10 @@ class EmulatorClient:
 
     async def knobs(self) -> dict[str, Any]:
         return await asyncio.to_thread(self._get, "/knobs")
+
+    async def update_knobs(self, **values: str) -> dict[str, Any]:
+        """Change knobs of the running emulator (string values, as its HTTP endpoint takes)."""
+        return await asyncio.to_thread(self._get, "/knobs?" + urllib.parse.urlencode(values))
 
     async def wait_quiet(self, timeout: float) -> dict[str, Any]:
         """Wait until no task runs on the emulator (the previous run is over); return the stats."""

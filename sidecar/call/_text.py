@@ -69,9 +69,15 @@ class TextFeed:
         return protocol.split_text(text, protocol.MAX_CHARS_PER_MESSAGE)
 
     def tail(self) -> list[str]:
-        """At finish: the held text to send, if anything was sent before it."""
+        """At finish: the held text to send, if anything was sent before it.
+
+        Held text has nothing to speak, but it may still be over the message
+        limit (20,001 punctuation marks once answered INTERNAL): it is split too.
+        """
         held, self._held = self._held, ""
-        return [held] if held and self.sent_any else []
+        if not (held and self.sent_any):
+            return []
+        return protocol.split_text(held, protocol.MAX_CHARS_PER_MESSAGE)
 
     def _take_ssml(self, fragment: str, count: int) -> list[str]:
         if self.fragments_sent or self._held:

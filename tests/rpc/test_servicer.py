@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import pytest
 from cosyvoice.sidecar.v1 import synthesizer_pb2 as pb
@@ -247,61 +245,6 @@ async def test_throttling_is_resource_exhausted_with_retry_info(
     assert any(d.Unpack(retry) for d in status.details)
     emulator.update_knobs(max_concurrent_tasks=None)
     await assert_pool_settles(sidecar, emulator)
-
-
-async def test_caller_cancel_mid_audio_cancels_upstream_and_keeps_the_pool_exact(
-    sidecar: SidecarServer, emulator: Emulator
-) -> None:
-    """Hanging up mid-audio: the socket is closed, the task ends upstream; counts stay exact."""
-    emulator.update_knobs(realtime_factor=1.0)  # audio takes seconds: surely mid-audio
-    async with AsyncSynthesizerClient(sidecar.address) as client:
-        stream = await client.open_stream()
-        await stream.send_text("A long sentence that takes a while to speak, at real-time pace.")
-        await stream.finish()
-        task_id = ""
-        async for response in stream:
-            if response.HasField("started"):
-                task_id = response.started.task_id
-            if response.HasField("audio"):
-                break
-        stream.cancel()
-    await eventually(
-        lambda: task_record(emulator, task_id).outcome == "abandoned",
-        what="upstream task stopped by the socket's close",
-    )
-    await assert_pool_settles(sidecar, emulator)
-
-
-async def test_deadline_mid_audio_is_deadline_exceeded_and_pool_stays_exact(
-    client: AsyncSynthesizerClient, sidecar: SidecarServer, emulator: Emulator
-) -> None:
-    """A deadline shorter than the synthesis: DEADLINE_EXCEEDED, no hang, no leak."""
-    emulator.update_knobs(realtime_factor=1.0)
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await client.synthesize("Words that take far longer than the deadline.", timeout=0.5)
-    assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-    await assert_pool_settles(sidecar, emulator)
-
-
-async def test_exhausted_pool_waits_then_resource_exhausted(
-    start_sidecar: StartSidecar, emulator: Emulator
-) -> None:
-    """All connections busy past acquire_timeout: RESOURCE_EXHAUSTED, never over max_size."""
-    server = await start_sidecar(pool_min_idle=1, pool_max_size=2, acquire_timeout_s=0.3)
-    emulator.update_knobs(realtime_factor=1.0)
-    async with AsyncSynthesizerClient(server.address, retry=False) as client:
-        calls = [
-            asyncio.create_task(client.synthesize("Slow speech for a while.", timeout=scaled(10)))
-            for _ in range(3)
-        ]
-        done, _ = await asyncio.wait(calls, timeout=scaled(10))
-        errors = [c.exception() for c in done if c.exception() is not None]
-        assert len(done) == 3
-    assert len(errors) == 1
-    assert isinstance(errors[0], grpc.aio.AioRpcError)
-    assert errors[0].code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert emulator.stats.peak_open_connections <= 2
-    await assert_pool_settles(server, emulator)
 
 
 async def test_half_close_means_finish(client: AsyncSynthesizerClient, emulator: Emulator) -> None:
