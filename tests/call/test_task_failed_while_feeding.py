@@ -51,8 +51,10 @@ async def test_the_caller_sees_task_failed_not_the_feeders_late_send(
             feeder = call._feeder
             assert feeder is not None
             await asyncio.wait_for(asyncio.shield(feeder), scaled(5))
-            while True:
-                await call.events.get()  # audio, if any, then the call's error
+            while True:  # audio, if any, then the call's error (the writer raises it)
+                event = await call.events.get()
+                if isinstance(event, BaseException):
+                    raise event
 
     with pytest.raises(UpstreamTaskFailed) as info:
         await write()

@@ -107,7 +107,9 @@ class Lab:
 
     def client(self) -> AsyncSynthesizerClient:
         assert self.server is not None, "the scenario started no sidecar"
-        return AsyncSynthesizerClient(self.server.address)
+        # The statuses as the sidecar sends them: the clients' own retries are tested
+        # in tests/test_python_client.py and tests/clients.
+        return AsyncSynthesizerClient(self.server.address, retry=False)
 
     def access_codes(self) -> list[str]:
         """The gRPC code of every call the in-process sidecars logged an access line for."""

@@ -70,7 +70,7 @@ def check_status(code: grpc.StatusCode, details: str, window: LogWindow) -> grpc
 async def still_exact(server: SidecarServer, emulator: Emulator) -> None:
     """The pool settled, and an ordinary call still gets exactly the upstream's audio."""
     await assert_pool_settles(server, emulator)
-    async with AsyncSynthesizerClient(server.address) as client:
+    async with AsyncSynthesizerClient(server.address, retry=False) as client:
         result = await client.synthesize("An ordinary call after the fuzz.", timeout=scaled(10))
     record = task_record(emulator, result.started.task_id)
     assert record.outcome == "finished"

@@ -25,7 +25,7 @@ async def test_a_held_tail_over_the_message_limit_is_split(
     caplog.set_level(logging.INFO)
     emulator.update_knobs(ms_per_character=0.5)
     tail = ":" * 20_001
-    async with AsyncSynthesizerClient(sidecar.address) as client:
+    async with AsyncSynthesizerClient(sidecar.address, retry=False) as client:
         result = await client.stream_texts(["Hello there. ", tail], timeout=scaled(10))
     record = task_record(emulator, result.started.task_id)
     assert record.outcome == "finished"
