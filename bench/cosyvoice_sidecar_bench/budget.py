@@ -120,11 +120,13 @@ def floors_table(report: dict[str, Any]) -> list[str]:
     lines = [
         "The sidecar's CPU per task against the floors' (ms per task of each serving "
         "process; the floors' sum is what the two halves of the sidecar's work cost with "
-        "nothing else; audio messages per task, sidecar / gRPC floor):",
+        "nothing else; audio messages per task, sidecar / gRPC floor; how often each event "
+        "loop's thread blocked per task, i.e. its wake-ups):",
         "",
         "| streams | upstream floor | gRPC floor | sum | sidecar | sidecar - sum | sidecar / sum "
-        "| sidecar event loop | audio messages per task |",
-        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| sidecar event loop | audio messages per task | loop wake-ups per task, floor / "
+        "gRPC floor / sidecar |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for n in levels:
         up, grpc, side = by_key["floor", n], by_key["grpc-floor", n], by_key["sidecar", n]
@@ -135,6 +137,8 @@ def floors_table(report: dict[str, Any]) -> list[str]:
             f"| {_fmt(total)} | {_fmt(mine)} | {_fmt(mine - total)} | {_fmt(mine / total)} "
             f"| {_fmt(loop_ms_per_task(side))} "
             f"| {_fmt(side.get('audio_chunks_per_task'))} / "
-            f"{_fmt(grpc.get('audio_chunks_per_task'))} |"
+            f"{_fmt(grpc.get('audio_chunks_per_task'))} "
+            f"| {_fmt(up.get('loop_waits_per_task'))} / {_fmt(grpc.get('loop_waits_per_task'))}"
+            f" / {_fmt(side.get('loop_waits_per_task'))} |"
         )
     return lines

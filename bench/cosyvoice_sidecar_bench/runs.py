@@ -28,6 +28,7 @@ from cosyvoice_sidecar_bench.procs import (
     cpu_seconds,
     machine_busy_seconds,
     main_thread_cpu_seconds,
+    main_thread_waits,
     peak_rss_mb,
 )
 from cosyvoice_sidecar_bench.settings import API_KEY, BenchSettings, Progress, loadgen_call
@@ -134,17 +135,20 @@ async def _measure(
     serving_cpu = cpu_seconds(serving_pid) if serving_pid else 0.0
     # The sidecar's event loop; an asyncio client mode reports its own (loop_cpu_s).
     loop_cpu = main_thread_cpu_seconds(serving_pid) if serving_pid else 0.0
+    waits = main_thread_waits(serving_pid) if serving_pid else 0
     profiler = await _start_profiler(ctx, result, serving_pid)
     machine_busy = machine_busy_seconds()
     await worker.send("go\n")
     data = await worker.json_line("result", timeout=_result_timeout(ctx))
     machine_busy = machine_busy_seconds() - machine_busy
     if serving_pid:
+        result.loop_waits = main_thread_waits(serving_pid) - waits
         result.loop_cpu_s = main_thread_cpu_seconds(serving_pid) - loop_cpu
         result.cpu_s = cpu_seconds(serving_pid) - serving_cpu
         result.peak_rss_mb = peak_rss_mb(serving_pid)
     else:
         result.loop_cpu_s = data.get("loop_cpu_s", 0.0)
+        result.loop_waits = data.get("loop_waits", 0)
     result.emulator_cpu_s = cpu_seconds(ctx.emulator.pid) - emulator_cpu
     ours = result.emulator_cpu_s + data["cpu_s"] + (result.cpu_s if serving_pid else 0.0)
     if ctx.sink is not None:  # the bench's own process too, not other load

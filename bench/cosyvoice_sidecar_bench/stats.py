@@ -49,6 +49,7 @@ class RunResult:
     # sidecar modes, the client process otherwise), and of the others.
     cpu_s: float = 0.0
     loop_cpu_s: float = 0.0  # the serving process's main thread: its event loop
+    loop_waits: int = 0  # times that thread blocked (voluntary context switches)
     peak_rss_mb: float = 0.0
     client_cpu_s: float = 0.0
     emulator_cpu_s: float = 0.0
@@ -90,6 +91,7 @@ class Row:
     emulator_cpu_ms_per_task: float
     other_load_cores: float  # CPU other processes took during the windows, in cores
     loop_busy: float  # the serving process's main thread (event loop), in cores (0..1)
+    loop_waits_per_task: float  # times that thread blocked per task: its wake-ups
     peak_rss_mb: float
     connections_opened: int
     warmup_s: float | None
@@ -146,6 +148,7 @@ def aggregate(runs: Sequence[RunResult], intrinsic_ms: float) -> Row:
         emulator_cpu_ms_per_task=per_task(sum(r.emulator_cpu_s for r in runs)),
         other_load_cores=sum(r.other_cpu_s for r in runs) / elapsed if elapsed > 0 else math.nan,
         loop_busy=sum(r.loop_cpu_s for r in runs) / elapsed if elapsed > 0 else math.nan,
+        loop_waits_per_task=sum(r.loop_waits for r in runs) / tasks if tasks else math.nan,
         peak_rss_mb=max(r.peak_rss_mb for r in runs),
         connections_opened=sum(r.connections_opened for r in runs),
         warmup_s=max(warm) if warm else None,

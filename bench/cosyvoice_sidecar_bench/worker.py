@@ -207,15 +207,17 @@ async def _closed_loop(
 
     ``one_task(worker, k, tally)`` runs worker ``worker``'s ``k``-th task.
     ``serving``: this process is the serving one (cold, floor), so its event
-    loop's CPU is reported too (``loop_cpu_s``). A gRPC load generator's is
-    not: the sidecar's loop is measured from outside, and the Go load
-    generator, which has no event loop, reports the same fields as this one.
+    loop's CPU and wake-ups are reported too (``loop_cpu_s``, ``loop_waits``).
+    A gRPC load generator's are not: the sidecar's loop is measured from
+    outside, and the Go load generator, which has no event loop, reports the
+    same fields as this one.
     ``classify`` names a failure's kind and its RetryInfo hint (seconds, or None).
     """
     await asyncio.to_thread(_wait_for_go)
     started = time.perf_counter()
     cpu_started = time.process_time()
     loop_cpu_started = time.thread_time()  # this thread runs the event loop
+    loop_waits_started = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
     stop_at = started + spec.ramp_s + spec.duration_s
 
     async def worker(index: int, offset: float) -> None:
@@ -234,7 +236,15 @@ async def _closed_loop(
             k += 1
 
     await asyncio.gather(*(worker(i, o) for i, o in enumerate(_offsets(spec))))
-    loop = {"loop_cpu_s": time.thread_time() - loop_cpu_started} if serving else {}
+    loop = (
+        {
+            "loop_cpu_s": time.thread_time() - loop_cpu_started,
+            # How often the loop's thread blocked (voluntary context switches): its wake-ups.
+            "loop_waits": resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw - loop_waits_started,
+        }
+        if serving
+        else {}
+    )
     return _result(tally, started, cpu_started, **loop)
 
 

@@ -40,6 +40,7 @@ ROW_FIELDS = {
     "cpu_ms_per_task",
     "client_cpu_ms_per_task",
     "loop_busy",
+    "loop_waits_per_task",
     "emulator_cpu_ms_per_task",
     "other_load_cores",
     "peak_rss_mb",
