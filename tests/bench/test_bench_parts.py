@@ -171,10 +171,11 @@ def test_cpu_goals_take_the_sum_of_both_floors_and_need_telemetry() -> None:
     assert set(v for g, v in off.items() if g.startswith("CPU")) == {"not judged: telemetry off"}
 
 
-def test_capacity_is_the_last_level_within_the_floor_plus_20_ms() -> None:
-    """Capacity stops at the first level whose p99 is more than 20 ms above the floor's."""
-    rows = [_row("floor", n, [152.0] * 100) for n in (100, 200, 400)]
+def test_capacity_is_the_highest_level_within_the_floor_plus_20_ms() -> None:
+    """Capacity: the highest level with p99 within the floor's + 20 ms; a lower miss is named."""
+    rows = [_row("floor", n, [152.0] * 100) for n in (20, 100, 200, 400)]
     rows += [
+        _row("sidecar", 20, [155.0] * 98 + [180.0] * 2),  # +28 p99: one hiccup, missed
         _row("sidecar", 100, [155.0] * 100),
         _row("sidecar", 200, [160.0] * 98 + [171.0] * 2),  # +19 p99: within
         _row("sidecar", 400, [160.0] * 98 + [200.0] * 2),  # +48 p99
@@ -183,8 +184,13 @@ def test_capacity_is_the_last_level_within_the_floor_plus_20_ms() -> None:
     assert cap is not None
     assert (cap["level"], cap["p99_above_floor_ms"]) == (200, 19.0)
     assert cap["next"]["level"] == 400
+    assert [low["level"] for low in cap["missed_below"]] == [20]
     goal = next(v for v in targets(_report(*rows)) if v["goal"].startswith("capacity"))
     assert goal["measured"].startswith("200 streams (p99 +19.0 ms")
+    assert goal["measured"].endswith("missed at 20 (p99 +28.0 ms)")
+    none = capacity(_report(_row("floor", 20, [152.0] * 100), _row("sidecar", 20, [190.0] * 100)))
+    assert none is not None
+    assert (none["level"], none["next"]["level"]) == (0, 20)
 
 
 def test_floors_table_sets_the_sidecar_against_the_sum() -> None:
