@@ -10,6 +10,7 @@ import pytest
 from cosyvoice_sidecar_bench.budget import budget_tables, floors_table
 from cosyvoice_sidecar_bench.fleet import FleetPlan
 from cosyvoice_sidecar_bench.grpc_floor import FloorSpec, frame_plan
+from cosyvoice_sidecar_bench.profile import parts
 from cosyvoice_sidecar_bench.report import log_ticks
 from cosyvoice_sidecar_bench.runner import BenchSettings, schedule
 from cosyvoice_sidecar_bench.sequential import open_text
@@ -225,3 +226,26 @@ def test_budget_adds_up_the_processes_and_the_loop_at_the_floor_pace() -> None:
     assert "| floor | 200 | 250.0 | 0.50 | 0.45 | - | 0.30 | 0.00 | 0.80 |" in lines
     # The sidecar's loop costs 3.6 ms per task; at the floor's 250 tasks/s that is 0.90 cores.
     assert "| 200 | 250.0 | 3.60 | 0.90 |" in lines
+
+
+def test_profile_parts_name_what_each_sample_did() -> None:
+    """A sample belongs to the deepest part it was in; grpc's C calls count as grpc."""
+    loop = "BaseEventLoop._run_once (asyncio/base_events.py:1);Handle._run (asyncio/events.py:2)"
+    wrapped = (
+        "TelemetryInterceptor.intercept_service.<locals>.wrapped "
+        "(sidecar/telemetry/_interceptor.py:9)"
+    )
+    write = (
+        f"{loop};{wrapped};ResponseWriter.run (sidecar/rpc/_writer.py:3);"
+        "ResponseWriter._write (sidecar/rpc/_writer.py:4) 5"
+    )
+    span = f"{loop};{wrapped};Tracer.start_span (trace/__init__.py:7) 2"
+    read = f"{loop};Call._read (sidecar/call/_call.py:5);Frame.parse (websockets/frames.py:6) 3"
+    export = "Thread.run (threading.py:1);BatchProcessor.worker (_shared_internal/__init__.py:2) 4"
+    counts = parts("\n".join((write, span, read, export)))
+    assert counts == {
+        "grpc C core (awaited from Python)": 5,
+        "telemetry: spans, metrics": 2,
+        "websockets": 3,
+        "telemetry: export thread": 4,
+    }
