@@ -14,7 +14,7 @@ from typing import Any
 
 from cosyvoice_sidecar_bench.settings import LOADGEN_MODES
 
-__all__ = ["budget_tables", "loop_ms_per_task"]
+__all__ = ["budget_tables", "floors_table", "loop_ms_per_task"]
 
 
 def _cores(row: dict[str, Any], key: str) -> float:
@@ -97,4 +97,48 @@ def _loop_need(report: dict[str, Any]) -> list[str]:
             continue
         rate = float(floor["tasks_per_s"])
         lines.append(f"| {level} | {rate:.1f} | {per_task:.2f} | {rate * per_task / 1000:.2f} |")
+    return lines
+
+
+def floors_table(report: dict[str, Any]) -> list[str]:
+    """Return the sidecar's CPU per task against the two floors', as Markdown lines.
+
+    The upstream floor (``floor``) does the upstream half of the sidecar's work
+    and the gRPC floor (``grpc-floor``) the gRPC half, each with nothing else;
+    the sidecar's CPU above their sum is what its own code adds (pool, call,
+    writer, telemetry, hand-offs between them). Audio messages per task show
+    that the gRPC floor wrote as many as the sidecar.
+    """
+    by_key = {(r["mode"], r["level"]): r for r in report["rows"] if r.get("tasks")}
+    levels = sorted(
+        n
+        for (m, n) in by_key
+        if m == "sidecar" and ("floor", n) in by_key and ("grpc-floor", n) in by_key
+    )
+    if not levels:
+        return []
+    lines = [
+        "The sidecar's CPU per task against the floors' (ms per task of each serving "
+        "process; the floors' sum is what the two halves of the sidecar's work cost with "
+        "nothing else; audio messages per task, sidecar / gRPC floor; how often each event "
+        "loop's thread blocked per task, i.e. its wake-ups):",
+        "",
+        "| streams | upstream floor | gRPC floor | sum | sidecar | sidecar - sum | sidecar / sum "
+        "| sidecar event loop | audio messages per task | loop wake-ups per task, floor / "
+        "gRPC floor / sidecar |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for n in levels:
+        up, grpc, side = by_key["floor", n], by_key["grpc-floor", n], by_key["sidecar", n]
+        total = float(up["cpu_ms_per_task"]) + float(grpc["cpu_ms_per_task"])
+        mine = float(side["cpu_ms_per_task"])
+        lines.append(
+            f"| {n} | {_fmt(up['cpu_ms_per_task'])} | {_fmt(grpc['cpu_ms_per_task'])} "
+            f"| {_fmt(total)} | {_fmt(mine)} | {_fmt(mine - total)} | {_fmt(mine / total)} "
+            f"| {_fmt(loop_ms_per_task(side))} "
+            f"| {_fmt(side.get('audio_chunks_per_task'))} / "
+            f"{_fmt(grpc.get('audio_chunks_per_task'))} "
+            f"| {_fmt(up.get('loop_waits_per_task'))} / {_fmt(grpc.get('loop_waits_per_task'))}"
+            f" / {_fmt(side.get('loop_waits_per_task'))} |"
+        )
     return lines

@@ -5,9 +5,12 @@
 
 :func:`add_arguments` declares the flags on a parser; :func:`run` (a
 coroutine) runs the bench and returns the exit code: 0 when every run
-completed (errors inside runs are measured, not fatal), 1 when a run broke or
-the Go load generator did not build, 2 for bad flags or a missing tool. The
-Markdown table goes to stdout, progress to stderr.
+completed (errors inside runs are measured, not fatal), 1 when a run broke,
+the Go load generator did not build or the sequential check failed, 2 for
+bad flags or a missing tool. The Markdown report goes to stdout, progress to
+stderr. ``--sequential N`` runs the sequential check
+(:mod:`~cosyvoice_sidecar_bench.sequential`) and ``--fleet N`` the fleet
+comparison (:mod:`~cosyvoice_sidecar_bench.fleet`) instead of the main bench.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from cosyvoice_sidecar_bench import loadgen, report
+from cosyvoice_sidecar_bench import fleet, loadgen, report, sequential
+from cosyvoice_sidecar_bench.procs import ChildError
+from cosyvoice_sidecar_bench.redis_server import RedisServer, RedisUnavailable
 from cosyvoice_sidecar_bench.runner import (
     DEFAULT_MODES,
     LOADGEN_MODES,
@@ -31,6 +36,7 @@ from cosyvoice_sidecar_bench.runner import (
     BenchSettings,
     run_bench,
 )
+from cosyvoice_sidecar_bench.settings import TELEMETRY
 from cosyvoice_sidecar_bench.workload import DEFAULT_TEXT
 
 __all__ = ["QUICK", "add_arguments", "run", "settings_from_args"]
@@ -78,8 +84,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--modes",
         type=_modes,
         help=f"modes, comma-separated, from {', '.join(MODES)} "
-        f"(default {','.join(DEFAULT_MODES)}; sidecar-uvloop needs uvloop; sidecar-b is "
-        "the sidecar with --b-sidecar-arg/--b-sidecar-env)",
+        f"(default {','.join(DEFAULT_MODES)}; sidecar ends each stream's input by "
+        "half-close, sidecar-finish with the finish message; grpc-floor is a bare grpc.aio "
+        "server streaming canned audio; sidecar-uvloop needs uvloop; sidecar-b is "
+        "the sidecar with --b-sidecar-arg/--b-sidecar-env; sidecar-fleet the sidecar with "
+        "the fleet quota on a local redis-server)",
     )
     run.add_argument("--repeats", type=int, help=f"repeats of every run (default {d.repeats})")
     run.add_argument(
@@ -106,6 +115,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="smoke preset for CI (levels 1,4; 1 repeat; 0.5 s runs): checks the command "
         "works, its figures mean little",
+    )
+    other = run.add_mutually_exclusive_group()
+    other.add_argument(
+        "--sequential",
+        type=int,
+        metavar="N",
+        help="instead of the bench: the sequential check, N calls each way one after the "
+        "other, alternating half-close and the finish message (half-close p50 must be "
+        f"within {sequential.ALLOWED_MS:g} ms of finish's); exit 1 if not",
+    )
+    other.add_argument(
+        "--fleet",
+        type=int,
+        metavar="N",
+        help="instead of the bench: N sidecar processes against one emulator account, with "
+        "and without the fleet quota (needs redis-server)",
+    )
+    fleet_group = parser.add_argument_group("the fleet comparison (--fleet)")
+    plan = fleet.FleetPlan()
+    fleet_group.add_argument(
+        "--fleet-quota",
+        type=int,
+        default=plan.quota,
+        help=f"the account's concurrent tasks (default {plan.quota})",
+    )
+    fleet_group.add_argument(
+        "--fleet-streams",
+        type=int,
+        default=plan.streams,
+        help=f"closed-loop streams over all sidecars (default {plan.streams})",
+    )
+    fleet_group.add_argument(
+        "--fleet-acquire-timeout",
+        type=float,
+        default=plan.acquire_timeout_s,
+        help="each sidecar's --acquire-timeout: how long a call waits for a slot "
+        f"(default {plan.acquire_timeout_s:g})",
     )
     emu = parser.add_argument_group("the emulator (started as its own process)")
     emu.add_argument(
@@ -184,12 +230,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="environment variable of the sidecar-b mode only (repeatable)",
     )
     side.add_argument(
-        "--otlp-sink",
-        action="store_true",
-        help="start a stand-in OTLP/gRPC collector as its own process "
-        "(cosyvoice_sidecar_bench.otlp_sink) and point the sidecar-b mode at it "
-        "(OTEL_EXPORTER_OTLP_ENDPOINT, so it exports traces and metrics as a production "
-        "sidecar does); the report records what it received",
+        "--telemetry",
+        choices=TELEMETRY,
+        default=d.telemetry,
+        help="otlp (default): every sidecar exports traces and metrics over OTLP/gRPC, as a "
+        "production sidecar does, to a stand-in collector started as its own process "
+        "(cosyvoice_sidecar_bench.otlp_sink), whose counts reach the report; off: none. "
+        "A/B it with --b-sidecar-env=OTEL_SDK_DISABLED=true",
     )
     side.add_argument(
         "--profile-sidecar",
@@ -249,7 +296,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         b_sidecar_env=tuple(args.b_sidecar_env),
         profile_dir=args.profile_sidecar,
         profile_native=args.profile_native,
-        otlp_sink=args.otlp_sink,
+        telemetry=args.telemetry,
         log_dir=args.logs,
         label=args.label,
         loadgen=args.loadgen,
@@ -290,12 +337,16 @@ async def run(args: argparse.Namespace) -> int:
         settings = settings_from_args(args)
     except ValueError as exc:
         return _fail(str(exc))
+    if args.sequential is not None or args.fleet is not None:
+        return await _run_other(args, settings)
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         return _fail(
             "--plot needs matplotlib, an optional dependency: pip install 'matplotlib==3.11.2'"
         )
     if "sidecar-uvloop" in settings.modes and importlib.util.find_spec("uvloop") is None:
         return _fail("mode sidecar-uvloop needs uvloop: pip install 'uvloop==0.23.0'")
+    if "sidecar-fleet" in settings.modes and RedisServer.missing():
+        return _fail(f"mode sidecar-fleet: {RedisServer.missing()}")
     if LOADGEN_MODES.intersection(settings.modes):
         problem = loadgen.unavailable(settings.loadgen)
         if problem:
@@ -306,7 +357,7 @@ async def run(args: argparse.Namespace) -> int:
             result = await run_bench(settings, progress)
         finally:
             progress.close()
-    except loadgen.LoadgenError as exc:  # the Go load generator did not build
+    except (loadgen.LoadgenError, RedisUnavailable) as exc:  # a build, a Redis that failed
         sys.stderr.write(f"cosyvoice-sidecar bench: {exc}\n")
         return 1
     sys.stdout.write(report.markdown(result))
@@ -330,6 +381,51 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _run_other(args: argparse.Namespace, settings: BenchSettings) -> int:
+    """The sequential check or the fleet comparison instead of the bench."""
+    problem = loadgen.unavailable(settings.loadgen)
+    if problem:
+        return _fail(problem)
+    plan = None
+    if args.fleet is not None:
+        try:
+            plan = fleet.FleetPlan(
+                sidecars=args.fleet,
+                quota=args.fleet_quota,
+                streams=args.fleet_streams,
+                acquire_timeout_s=args.fleet_acquire_timeout,
+            )
+        except ValueError as exc:
+            return _fail(str(exc))
+        missing = RedisServer.missing()
+        if missing:
+            return _fail(missing)
+    elif args.sequential < 1:
+        return _fail("--sequential needs N >= 1")
+    progress = _Progress()
+    try:
+        try:
+            if plan is not None:
+                result = await fleet.run_fleet(settings, plan, progress)
+                text = fleet.markdown(result)
+                ok = not any(c["failures"] for c in result["cases"].values())
+            else:
+                result = await sequential.run_sequential(settings, args.sequential, progress)
+                text = sequential.markdown(result)
+                ok = bool(result["met"])
+        finally:
+            progress.close()
+    except (loadgen.LoadgenError, RedisUnavailable, ChildError) as exc:
+        sys.stderr.write(f"cosyvoice-sidecar bench: {exc}\n")
+        return 1
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(_clean(result), indent=1, allow_nan=False) + "\n")
+    return 0 if ok else 1
+
+
 def _clean(value: Any) -> Any:
     """Replace NaN (a percentile of no samples) with null: JSON has no NaN."""
     if isinstance(value, float) and math.isnan(value):
@@ -351,7 +447,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Run the emulator, the sidecar and the other modes as separate processes "
-        "and measure time to first audio under concurrency (Markdown on stdout; --json, --plot).",
+        "and measure time to first audio under concurrency (Markdown on stdout; --json, --plot); "
+        "or, with --sequential or --fleet, one of the two other checks.",
     )
     add_arguments(parser)
     args = parser.parse_args(words)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import platform
 import re
@@ -10,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["describe", "loadavg"]
+__all__ = ["describe", "loadavg", "timestamp"]
 
 PACKAGES: Final = (
     "cosyvoice-sidecar",
@@ -23,6 +24,11 @@ PACKAGES: Final = (
     "matplotlib",
     "py-spy",
 )
+
+
+def timestamp(seconds: float) -> str:
+    """Return a time (seconds since the epoch) as the reports write it: ISO 8601, UTC."""
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds")
 
 
 def loadavg() -> list[float]:

@@ -28,6 +28,7 @@ __all__ = [
     "cpu_seconds",
     "machine_busy_seconds",
     "main_thread_cpu_seconds",
+    "main_thread_waits",
     "peak_rss_mb",
 ]
 
@@ -53,6 +54,22 @@ def main_thread_cpu_seconds(pid: int) -> float:
     which the process total (gRPC's poller and other threads included) hides.
     """
     return _stat_cpu_seconds(Path(f"/proc/{pid}/task/{pid}/stat"))
+
+
+def main_thread_waits(pid: int) -> int:
+    """Return how often ``pid``'s main thread has blocked (its voluntary context switches).
+
+    An event loop's thread blocks when it has nothing to run (in epoll_wait,
+    until a socket or its self-pipe wakes it) and when it waits for the GIL;
+    per task, this counts the wake-ups the loop paid for, a cost that grows
+    when the streams' frames arrive spread out instead of together.
+    """
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/status").read_text()
+    except OSError:
+        return 0
+    match = re.search(r"^voluntary_ctxt_switches:\s+(\d+)", text, re.MULTILINE)
+    return int(match.group(1)) if match else 0
 
 
 def _stat_cpu_seconds(path: Path) -> float:

@@ -12,21 +12,24 @@ import math
 from pathlib import Path
 from typing import Any, Final
 
-from cosyvoice_sidecar_bench.budget import budget_tables
+from cosyvoice_sidecar_bench.budget import budget_tables, floors_table
 from cosyvoice_sidecar_bench.settings import LOADGEN_MODES
-from cosyvoice_sidecar_bench.targets import targets
+from cosyvoice_sidecar_bench.targets import LATENCY_MAX_LEVEL, LATENCY_MODES, targets
 
-__all__ = ["PlotUnavailable", "markdown", "plot"]
+__all__ = ["PlotUnavailable", "log_ticks", "markdown", "plot"]
 
 _PLOT_STYLES: Final = {"p50": "-", "p90": "--", "p99": ":"}
 _COLORS: Final = {
     "cold": "tab:gray",
     "sdk-pool": "tab:red",
     "floor": "tab:green",
+    "grpc-floor": "tab:olive",
     "sidecar": "tab:blue",
+    "sidecar-finish": "tab:brown",
     "sidecar-unary": "tab:purple",
     "sidecar-uvloop": "tab:cyan",
     "sidecar-b": "tab:orange",
+    "sidecar-fleet": "tab:pink",
 }
 
 
@@ -100,11 +103,14 @@ def markdown(report: dict[str, Any]) -> str:
     sink = report.get("otlp_sink")
     if sink is not None:
         lines += [
-            "sidecar-b exported traces and metrics over OTLP/gRPC to a stand-in collector "
-            f"process (--otlp-sink), which received {sink['spans']:,} spans and "
-            f"{sink['metric_points']:,} metric points in {sink['exports']:,} exports.",
+            "Telemetry on: every sidecar exported traces and metrics over OTLP/gRPC, as in "
+            "production, to a stand-in collector process, which received "
+            f"{sink['spans']:,} spans and {sink['metric_points']:,} metric points in "
+            f"{sink['exports']:,} exports.",
             "",
         ]
+    elif s.get("telemetry") == "off":
+        lines += ["Telemetry off: the sidecars exported nothing.", ""]
     lines += [
         "| mode | streams | tasks | errors | TTFB p50 | p90 | p99 | max | overhead p50 "
         "| overhead p99 | gap p99 | tasks/s | CPU ms/task | peak RSS MiB | upstream conns "
@@ -136,9 +142,23 @@ def markdown(report: dict[str, Any]) -> str:
         "sidecar merges later frames for up to --audio-batch-ms while the caller is well "
         "ahead of real time, so its gaps are longer by design).",
     ]
+    kinds = [(r["mode"], r["level"], r.get("error_kinds") or {}) for r in report["rows"]]
+    if any(k for _, _, k in kinds):
+        lines += ["", "Errors by kind (gRPC status and ErrorInfo reason, or exception):"]
+        lines += [
+            f"- {mode} at {level}: " + ", ".join(f"{kind} x{count:,}" for kind, count in k.items())
+            for mode, level, k in kinds
+            if k
+        ]
+    above = latency_table(report)
+    if above:
+        lines += ["", *above]
     split = breakdown_table(report)
     if split:
         lines += ["", *split]
+    floors = floors_table(report)
+    if floors:
+        lines += ["", *floors]
     budget = budget_tables(report)
     if budget:
         lines += ["", *budget]
@@ -149,11 +169,11 @@ def markdown(report: dict[str, Any]) -> str:
     if verdicts:
         lines += [
             "",
-            "| target (issue #7) | measured | verdict | repeats meeting it |",
+            "| goal | measured | verdict | repeats meeting it |",
             "|---|---|---|--:|",
         ]
         lines += [
-            f"| {v['target']} | {v['measured']} | {v['verdict']} | {v.get('repeats', '-')} |"
+            f"| {v['goal']} | {v['measured']} | {v['verdict']} | {v.get('repeats', '-')} |"
             for v in verdicts
         ]
     failures = [(r["mode"], r["level"], f) for r in report["rows"] for f in r["failures"]]
@@ -169,6 +189,34 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def latency_table(report: dict[str, Any]) -> list[str]:
+    """Return each way of calling the sidecar above the upstream floor, per level (Markdown)."""
+    rows = {(r["mode"], r["level"]): r for r in report["rows"] if r.get("tasks")}
+    modes = [m for m in LATENCY_MODES if any(k[0] == m for k in rows)]
+    levels = sorted(n for (m, n) in rows if m == "floor" and any((x, n) in rows for x in modes))
+    if not modes or not levels:
+        return []
+    lines = [
+        "First-audio overhead above the upstream floor's, ms, p50 / p99 (the goal, up to "
+        f"{LATENCY_MAX_LEVEL} streams: within + 2 / + 5):",
+        "",
+        "| streams | " + " | ".join(f"{m} ({LATENCY_MODES[m]})" for m in modes) + " |",
+        "|--:|" + "--:|" * len(modes),
+    ]
+    for n in levels:
+        floor = rows["floor", n]["overhead_ms"]
+        cells = []
+        for m in modes:
+            row = rows.get((m, n))
+            if row is None:
+                cells.append("-")
+                continue
+            o = row["overhead_ms"]
+            cells.append(f"{o['p50'] - floor['p50']:+.1f} / {o['p99'] - floor['p99']:+.1f}")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def breakdown_table(report: dict[str, Any]) -> list[str]:
     """Return where a sidecar call's time goes, as Markdown lines (empty without sidecar rows).
 
@@ -177,7 +225,11 @@ def breakdown_table(report: dict[str, Any]) -> list[str]:
     is gRPC in both directions and the load generator itself, whose own CPU per
     task is the last column.
     """
-    rows = [r for r in report["rows"] if r.get("breakdown_ms", {}).get("server_first_audio_ms")]
+    rows = [
+        r
+        for r in report["rows"]
+        if r.get("breakdown_ms", {}).get("server_first_audio_ms") and r["mode"] != "grpc-floor"
+    ]
     if not rows:
         return []
     intrinsic = report["workload"]["intrinsic_ms"]
@@ -239,9 +291,45 @@ def warmup_table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _minor_label(value: float, _: object) -> str:
-    """Label minor log ticks 2x and 5x only, so the axis stays readable."""
-    return f"{value:g}" if f"{value:e}"[0] in "25" else ""
+# Mantissas of tick values on a log axis, coarsest first; finer sets are used
+# when the data spans too little of a decade for the coarser ones.
+_LOG_MANTISSAS: Final = ((1,), (1, 2, 5), (1, 2, 3, 5, 7), (1, 2, 3, 4, 5, 6, 7, 8, 9))
+_MIN_TICKS: Final = 3
+_MAX_TICKS: Final = 10
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Return 3 to 10 round tick values within ``[lo, hi]`` (> 0) for a log axis.
+
+    Whatever the spread: a range of decades gets powers of ten (or 1-2-5), and a
+    range inside one decade, such as 151-157 ms, gets evenly spaced round
+    values (152, 154, 156), so a log axis never ends up without a label.
+    """
+    if lo <= 0 or hi <= 0:
+        raise ValueError("a log axis needs positive limits")
+    lo, hi = min(lo, hi), max(lo, hi)
+    if hi / lo < 1.0001:
+        lo, hi = lo * 0.95, hi * 1.05
+    first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    for mantissas in _LOG_MANTISSAS:
+        ticks = [
+            m * 10.0**e
+            for e in range(first, last + 1)
+            for m in mantissas
+            if lo <= m * 10.0**e <= hi
+        ]
+        if _MIN_TICKS <= len(ticks) <= _MAX_TICKS:
+            return ticks
+        if len(ticks) > _MAX_TICKS:  # a coarser set gave too few, this one too many
+            return ticks[:: math.ceil(len(ticks) / _MAX_TICKS)]
+    # Less than a few units of the decade: round, evenly spaced values.
+    step = 10.0 ** math.floor(math.log10(hi - lo))
+    for factor in (1, 0.5, 0.2, 0.1, 0.05, 0.02):
+        size = step * factor
+        ticks = [k * size for k in range(math.ceil(lo / size), math.floor(hi / size) + 1)]
+        if len(ticks) >= _MIN_TICKS:
+            return [round(t, 12) for t in ticks[:: math.ceil(len(ticks) / _MAX_TICKS)]]
+    return [lo, hi]
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -249,6 +337,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     Left: time to the first audio byte; right: the same minus the emulator's
     own first-packet delay (the overhead), where the modes' differences show.
+    Every axis is labelled whatever the data's spread (:func:`log_ticks`), and
+    the legend sits below the panels, off the data.
     Raises :class:`PlotUnavailable` when matplotlib is missing.
     """
     try:
@@ -261,7 +351,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt = importlib.import_module("matplotlib.pyplot")
     ticker = importlib.import_module("matplotlib.ticker")
     lines = importlib.import_module("matplotlib.lines")
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5), dpi=110)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 6), dpi=110, layout="constrained")
     modes = list(dict.fromkeys(r["mode"] for r in report["rows"]))
     levels = report["settings"]["levels"]
     for ax, key, floor in ((left, "ttfb_ms", None), (right, "overhead_ms", 0.1)):
@@ -273,7 +363,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
                 points = [
                     (r["level"], max(r[key][q], floor) if floor else r[key][q])
                     for r in rows
-                    if not math.isnan(r[key][q])
+                    if r[key][q] is not None and not math.isnan(r[key][q])
                 ]
                 if points:
                     xs, ys = zip(*points, strict=True)
@@ -283,8 +373,11 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.set_xticks(levels)
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        bottom, top = ax.get_ylim()
+        ax.set_yticks(log_ticks(bottom, top))
+        ax.set_ylim(bottom, top)
         ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(ticker.FuncFormatter(_minor_label))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("concurrent streams")
         ax.grid(True, which="both", alpha=0.3)
     intrinsic = report["workload"]["intrinsic_ms"]
@@ -297,13 +390,13 @@ def plot(report: dict[str, Any], path: Path) -> None:
         lines.Line2D([], [], color="black", linestyle=style, label=q)
         for q, style in _PLOT_STYLES.items()
     ]
-    right.legend(handles=handles, fontsize=8, loc="upper left")
+    fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncol=len(handles))
     m = report["machine"]
+    pace = report["settings"].get("realtime_factor")
     fig.suptitle(
         f"cosyvoice-sidecar bench: TTFB vs concurrency ({m['cores']} cores, {m['python']}, "
-        f"{report['started_at'][:10]})",
+        f"real-time factor {pace:g}, {report['started_at'][:10]})",
         fontsize=11,
     )
-    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -2,19 +2,23 @@
 
 Repeats are the outer loop and the mode order rotates from one level to the
 next, so slow drift on a shared machine (another build starting, thermal
-throttling) hits every mode alike instead of whichever ran last. ``sidecar``
-and ``sidecar-unary`` share one sidecar process per level and repeat (the
-process is started with ``--pool-min-idle N --pool-max-size N`` and its pool
-warm-up is timed); every other run gets fresh client processes. The sidecar
-modes are driven by the load generator of ``settings.loadgen``
-(:mod:`cosyvoice_sidecar_bench.loadgen`): the Go one is built once, before the emulator
-starts, and runs in a fresh process for every run.
+throttling) hits every mode alike instead of whichever ran last. ``sidecar``,
+``sidecar-finish`` and ``sidecar-unary`` share one sidecar process per level
+and repeat (the process is started with ``--pool-min-idle N --pool-max-size
+N`` and its pool warm-up is timed); each of the other serving modes
+(:data:`~cosyvoice_sidecar_bench.settings.SIDECAR_VARIANTS`) gets its own
+process, and every other run fresh client processes. The gRPC modes are
+driven by the load generator of ``settings.loadgen``
+(:mod:`cosyvoice_sidecar_bench.loadgen`): the Go one is built once, before the
+emulator starts, and runs in a fresh process for every run. With telemetry
+on (the default) every sidecar exports to one stand-in OTLP collector
+process; with the ``sidecar-fleet`` mode a ``redis-server`` runs too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import contextlib
 import re
 import shutil
 import tempfile
@@ -30,12 +34,14 @@ from cosyvoice_sidecar_bench.procs import (
     ChildError,
     EmulatorClient,
 )
+from cosyvoice_sidecar_bench.redis_server import RedisServer
 from cosyvoice_sidecar_bench.runs import RunContext, client_run, sidecar_slot
 from cosyvoice_sidecar_bench.settings import (
     DEFAULT_MODES,
     LOADGEN_MODES,
     MODES,
     SIDECAR_MODES,
+    SIDECAR_VARIANTS,
     BenchSettings,
     Progress,
 )
@@ -48,15 +54,17 @@ __all__ = [
     "MODES",
     "SCHEMA",
     "BenchSettings",
+    "emulator_args",
+    "exports_telemetry",
     "run_bench",
     "schedule",
 ]
 
-SCHEMA: Final = "cosyvoice-sidecar-bench/1"
+SCHEMA: Final = "cosyvoice-sidecar-bench/2"
 
 
 def _slots(modes: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """Group modes into schedule slots: the two sidecar RPCs share one sidecar process."""
+    """Group modes into schedule slots: the ways to call one sidecar share its process."""
     slots: list[tuple[str, ...]] = []
     shared = tuple(m for m in modes if m in SIDECAR_MODES)
     for mode in modes:
@@ -90,17 +98,21 @@ async def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, An
         settings.profile_dir.mkdir(parents=True, exist_ok=True)
     machine_before = machine.describe()
     loadgen = await _prepare_loadgen(settings, log_dir, progress)
-    emulator = Child("emulator", _emulator_args(settings), log_dir=log_dir)
+    emulator = Child("emulator", emulator_args(settings), log_dir=log_dir)
     sink = (
         Child("otlp-sink", ["-m", "cosyvoice_sidecar_bench.otlp_sink"], log_dir=log_dir, stdin=True)
-        if settings.otlp_sink
+        if exports_telemetry(settings)
         else None
     )
     sink_counts: dict[str, Any] | None = None
     progress("starting the emulator")
     await emulator.start()
     failed = True
+    stack = contextlib.AsyncExitStack()
     try:
+        redis_url = ""
+        if "sidecar-fleet" in settings.modes:
+            redis_url = (await stack.enter_async_context(RedisServer(log_dir))).url
         match = await emulator.expect(r"^emulator on (ws://\S+)$", timeout=30)
         client = EmulatorClient(match.group(1))
         knobs = await client.knobs()
@@ -128,6 +140,7 @@ async def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, An
             loadgen=loadgen,
             sink=sink,
             sink_address=sink_address,
+            redis_url=redis_url,
             serve_flags=serve_flags,
         )
         for repeat, level, slot in plan:
@@ -135,7 +148,7 @@ async def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, An
                 raise ChildError(f"the emulator died; see {emulator.log_path}")
             if slot[0] in SIDECAR_MODES:
                 await sidecar_slot(ctx, repeat, level, slot, variant="sidecar")
-            elif slot[0] in ("sidecar-uvloop", "sidecar-b"):
+            elif slot[0] in SIDECAR_VARIANTS:
                 await sidecar_slot(ctx, repeat, level, slot, variant=slot[0])
             else:
                 await client_run(ctx, repeat, level, slot[0])
@@ -147,13 +160,14 @@ async def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, An
     finally:
         if sink is not None:
             await sink.stop()
+        await stack.aclose()
         await emulator.stop()
         if settings.log_dir is None and not failed:
             shutil.rmtree(log_dir, ignore_errors=True)
     rows = _rows(ctx.results, settings, workload.intrinsic_ms)
     return {
         "schema": SCHEMA,
-        "started_at": dt.datetime.fromtimestamp(started, dt.UTC).isoformat(timespec="seconds"),
+        "started_at": machine.timestamp(started),
         "elapsed_s": round(time.time() - started, 1),
         "machine": {**machine_before, "loadavg_end": machine.loadavg()},
         "settings": {**settings.to_dict(), "ramp_s": ramp},
@@ -165,11 +179,17 @@ async def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, An
         "warmup": _warmups(rows),
         "runs": [r.to_dict(samples=False) for r in ctx.results],
         "sidecar_commands": ctx.sidecar_commands,
-        # What sidecar-b exported to the OTLP sink over the whole run (--otlp-sink).
+        # What the sidecars exported to the OTLP sink over the whole run (--telemetry otlp).
         "otlp_sink": sink_counts,
         "profiles": ctx.profiles,
         "logs": str(log_dir) if (settings.log_dir or failed) else None,
     }
+
+
+def exports_telemetry(settings: BenchSettings) -> bool:
+    """Whether a sidecar process runs and exports to the stand-in collector."""
+    sidecars = LOADGEN_MODES.difference({"grpc-floor"})
+    return settings.telemetry == "otlp" and bool(sidecars.intersection(settings.modes))
 
 
 async def _prepare_loadgen(
@@ -203,7 +223,8 @@ async def _serve_flags(log_dir: Path) -> frozenset[str]:
     return frozenset(re.findall(r"--[a-z][a-z0-9-]+", text))
 
 
-def _emulator_args(s: BenchSettings) -> list[str]:
+def emulator_args(s: BenchSettings, *knobs: str) -> list[str]:
+    """The ``emulate`` command line of the settings, with further ``knobs`` (NAME=VALUE)."""
     args = [
         "-m",
         "sidecar",
@@ -217,7 +238,7 @@ def _emulator_args(s: BenchSettings) -> list[str]:
         "--chunk-ms",
         str(s.chunk_ms),
     ]
-    for knob in s.knobs:
+    for knob in (*s.knobs, *knobs):
         args += ["--knob", knob]
     return args
 

@@ -1,4 +1,4 @@
-"""One measured run: a client mode's worker, or a sidecar process and the load it takes.
+"""One measured run: a client mode's worker, or a serving process and the load it takes.
 
 Each run waits until the emulator is quiet, starts its processes, opens the
 measurement window (the emulator's counters, every process's CPU, the
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from cosyvoice_sidecar_bench.grpc_floor import FloorSpec
 from cosyvoice_sidecar_bench.loadgen import Loadgen
 from cosyvoice_sidecar_bench.procs import (
     Child,
@@ -27,9 +28,10 @@ from cosyvoice_sidecar_bench.procs import (
     cpu_seconds,
     machine_busy_seconds,
     main_thread_cpu_seconds,
+    main_thread_waits,
     peak_rss_mb,
 )
-from cosyvoice_sidecar_bench.settings import API_KEY, SIDECAR_MODES, BenchSettings, Progress
+from cosyvoice_sidecar_bench.settings import API_KEY, BenchSettings, Progress, loadgen_call
 from cosyvoice_sidecar_bench.stats import RunResult
 from cosyvoice_sidecar_bench.worker import WorkerSpec
 from cosyvoice_sidecar_bench.workload import Workload
@@ -50,8 +52,9 @@ class RunContext:
     progress: Progress
     steps: int
     loadgen: Loadgen | None = None  # None when no mode needs one
-    sink: Child | None = None  # the OTLP sink sidecar-b exports to (--otlp-sink)
+    sink: Child | None = None  # the OTLP sink the sidecars export to (--telemetry otlp)
     sink_address: str = ""
+    redis_url: str = ""  # the Redis of the sidecar-fleet mode
     done: int = 0
     results: list[RunResult] = field(default_factory=list)
     profiles: list[str] = field(default_factory=list)
@@ -66,7 +69,9 @@ def _pairs(items: tuple[str, ...]) -> list[tuple[str, str]]:
     return [(name, value) for name, _, value in (item.partition("=") for item in items)]
 
 
-def _worker_spec(ctx: RunContext, mode: str, level: int, target: str) -> WorkerSpec:
+def _worker_spec(
+    ctx: RunContext, mode: str, level: int, target: str, end: str = "half-close"
+) -> WorkerSpec:
     s = ctx.settings
     return WorkerSpec(
         mode=mode,
@@ -77,6 +82,7 @@ def _worker_spec(ctx: RunContext, mode: str, level: int, target: str) -> WorkerS
         duration_s=s.duration_s,
         task_timeout_s=s.task_timeout_s,
         api_key=API_KEY,
+        end=end,
     )
 
 
@@ -129,17 +135,20 @@ async def _measure(
     serving_cpu = cpu_seconds(serving_pid) if serving_pid else 0.0
     # The sidecar's event loop; an asyncio client mode reports its own (loop_cpu_s).
     loop_cpu = main_thread_cpu_seconds(serving_pid) if serving_pid else 0.0
+    waits = main_thread_waits(serving_pid) if serving_pid else 0
     profiler = await _start_profiler(ctx, result, serving_pid)
     machine_busy = machine_busy_seconds()
     await worker.send("go\n")
     data = await worker.json_line("result", timeout=_result_timeout(ctx))
     machine_busy = machine_busy_seconds() - machine_busy
     if serving_pid:
+        result.loop_waits = main_thread_waits(serving_pid) - waits
         result.loop_cpu_s = main_thread_cpu_seconds(serving_pid) - loop_cpu
         result.cpu_s = cpu_seconds(serving_pid) - serving_cpu
         result.peak_rss_mb = peak_rss_mb(serving_pid)
     else:
         result.loop_cpu_s = data.get("loop_cpu_s", 0.0)
+        result.loop_waits = data.get("loop_waits", 0)
     result.emulator_cpu_s = cpu_seconds(ctx.emulator.pid) - emulator_cpu
     ours = result.emulator_cpu_s + data["cpu_s"] + (result.cpu_s if serving_pid else 0.0)
     if ctx.sink is not None:  # the bench's own process too, not other load
@@ -153,6 +162,7 @@ async def _measure(
         "errors",
         "audio_mismatches",
         "error_samples",
+        "error_kinds",
         "ttfb_ms",
         "gaps_ms",
         "breakdown",
@@ -206,14 +216,32 @@ async def _start_profiler(ctx: RunContext, result: RunResult, pid: int | None) -
     return profiler
 
 
-async def sidecar_slot(
-    ctx: RunContext, repeat: int, level: int, modes: tuple[str, ...], *, variant: str
-) -> None:
-    """One sidecar process for ``level``: warm-up timed, then each RPC mode's run."""
+@dataclass(frozen=True)
+class _Server:
+    """How to start a serving process: ``python -m entry *args`` with ``env``."""
+
+    entry: str
+    args: list[str]
+    env: dict[str, str]
+    warms_pool: bool  # a sidecar: its pool warm-up is timed
+
+
+def _server(ctx: RunContext, variant: str, level: int, repeat: int) -> _Server:
+    """The serving process of a slot: a sidecar (``variant``), or the bare gRPC floor."""
     s = ctx.settings
-    before = await ctx.client.wait_quiet(30)
+    if variant == "grpc-floor":
+        w = ctx.workload
+        spec = FloorSpec(
+            listen="127.0.0.1:0",
+            first_audio_ms=w.intrinsic_ms,
+            chunk_ms=s.chunk_ms,
+            realtime_factor=s.realtime_factor,
+            sample_rate=w.sample_rate,
+            audio_bytes=w.expected_bytes,
+            text=w.text,
+        )
+        return _Server("cosyvoice_sidecar_bench.grpc_floor", [spec.to_json()], {}, False)
     entry = "cosyvoice_sidecar_bench.uvloop_main" if variant == "sidecar-uvloop" else "sidecar"
-    name = f"{variant}-L{level}-r{repeat}"
     serve = [
         "serve",
         "--listen",
@@ -233,34 +261,48 @@ async def sidecar_slot(
         # Admission must never refuse the bench's own streams (a closed loop can
         # briefly hold a finished call's slot while its next call arrives).
         serve += ["--max-streams", str(max(2 * level, 256))]
+    if variant == "sidecar-fleet":
+        # The quota on, with room for every stream: what it costs, not what it holds back.
+        serve += ["--fleet-redis-url", ctx.redis_url, "--fleet-quota", str(2 * level)]
+        serve += ["--fleet-key", f"bench-{level}-{repeat}"]
     serve += s.sidecar_args
     env = {"DASHSCOPE_API_KEY": API_KEY, **dict(_pairs(s.sidecar_env))}
+    if ctx.sink_address:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://{ctx.sink_address}"
+        env["OTEL_EXPORTER_OTLP_INSECURE"] = "true"
     if variant == "sidecar-b":
         serve += s.b_sidecar_args
         env.update(_pairs(s.b_sidecar_env))
-        if ctx.sink_address:
-            env.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://{ctx.sink_address}")
-            env.setdefault("OTEL_EXPORTER_OTLP_INSECURE", "true")
     ctx.sidecar_commands[f"{variant} {level}"] = ["cosyvoice-sidecar", *serve]
-    sidecar = Child(name, ["-m", entry, *serve], log_dir=ctx.log_dir, env=env)
+    return _Server(entry, serve, env, True)
+
+
+async def sidecar_slot(
+    ctx: RunContext, repeat: int, level: int, modes: tuple[str, ...], *, variant: str
+) -> None:
+    """One serving process for ``level``: warm-up timed, then each of its modes' runs."""
+    before = await ctx.client.wait_quiet(30)
+    name = f"{variant}-L{level}-r{repeat}"
+    server = _server(ctx, variant, level, repeat)
+    process = Child(name, ["-m", server.entry, *server.args], log_dir=ctx.log_dir, env=server.env)
     results = {mode: RunResult(mode, level, repeat) for mode in modes}
     ran = 0
-    ctx.step(
-        f"repeat {repeat + 1}, {level} streams, {name.split('-L')[0]}: warming {level} sockets"
-    )
+    warming = f"warming {level} sockets" if server.warms_pool else "starting"
+    ctx.step(f"repeat {repeat + 1}, {level} streams, {variant}: {warming}")
     try:
         launched = time.time()
-        await sidecar.start()
-        match = await sidecar.expect(r"^serving on (\S+)$", timeout=60 + 0.05 * level)
+        await process.start()
+        match = await process.expect(r"^serving on (\S+)$", timeout=60 + 0.05 * level)
         ready = time.time()
-        warm = _pool_warm_s(sidecar.log_path, ready)
-        for result in results.values():
-            result.warmup_s = warm if warm is not None else ready - launched
-            result.warmup_sockets = level
+        if server.warms_pool:
+            warm = _pool_warm_s(process.log_path, ready)
+            for result in results.values():
+                result.warmup_s = warm if warm is not None else ready - launched
+                result.warmup_sockets = level
         for mode in modes:
             result = results[mode]
-            worker_mode = SIDECAR_MODES.get(mode, "grpc-stream")
-            spec = _worker_spec(ctx, worker_mode, level, match.group(1))
+            worker_mode, end = loadgen_call(mode)
+            spec = _worker_spec(ctx, worker_mode, level, match.group(1), end)
             assert ctx.loadgen is not None  # run_bench prepares it for these modes
             worker = Child(
                 f"{mode}-loadgen-L{level}-r{repeat}",
@@ -273,7 +315,7 @@ async def sidecar_slot(
             try:
                 await worker.start()
                 await worker.json_line("ready", timeout=30)
-                await _measure(ctx, worker, result, before, serving_pid=sidecar.pid)
+                await _measure(ctx, worker, result, before, serving_pid=process.pid)
                 await worker.wait(30)
             except (ChildError, OSError) as exc:
                 result.failure = str(exc)
@@ -286,10 +328,10 @@ async def sidecar_slot(
             result.failure = str(exc)
         ctx.done += len(modes) - ran
     finally:
-        code = await sidecar.stop(20)
+        code = await process.stop(20)
         if code not in (0, None):
             for result in results.values():
-                result.failure = result.failure or f"the sidecar exited with {code}"
+                result.failure = result.failure or f"{variant} exited with {code}"
     ctx.results.extend(results.values())
 
 

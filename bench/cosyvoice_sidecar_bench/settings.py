@@ -15,24 +15,57 @@ __all__ = [
     "LOADGEN_MODES",
     "MODES",
     "SIDECAR_MODES",
+    "SIDECAR_VARIANTS",
+    "TELEMETRY",
     "BenchSettings",
     "Progress",
+    "loadgen_call",
 ]
 
 MODES: Final = (
     "cold",
     "sdk-pool",
     "floor",
+    "grpc-floor",
     "sidecar",
+    "sidecar-finish",
     "sidecar-unary",
     "sidecar-uvloop",
     "sidecar-b",
+    "sidecar-fleet",
 )
-DEFAULT_MODES: Final = ("cold", "sdk-pool", "floor", "sidecar", "sidecar-unary")
+DEFAULT_MODES: Final = (
+    "cold",
+    "sdk-pool",
+    "floor",
+    "grpc-floor",
+    "sidecar",
+    "sidecar-finish",
+    "sidecar-unary",
+)
 API_KEY: Final = "sk-bench-local"  # the emulator accepts any key; never a real one
-SIDECAR_MODES: Final = {"sidecar": "grpc-stream", "sidecar-unary": "grpc-unary"}
-# The modes a gRPC load generator drives (each runs a sidecar process).
-LOADGEN_MODES: Final = frozenset({*SIDECAR_MODES, "sidecar-uvloop", "sidecar-b"})
+# The three ways callers use one sidecar, run on one sidecar process per level
+# and repeat: (the load generator's mode, how a stream ends its input).
+SIDECAR_MODES: Final = {
+    "sidecar": ("grpc-stream", "half-close"),
+    "sidecar-finish": ("grpc-stream", "finish"),
+    "sidecar-unary": ("grpc-unary", "half-close"),
+}
+# Modes with a serving process of their own, each run alone on it, streaming
+# and half-closing: the sidecar on uvloop, with sidecar-b's extra arguments,
+# with the fleet quota on a local Redis; and the bare gRPC server.
+SIDECAR_VARIANTS: Final = ("sidecar-uvloop", "sidecar-b", "sidecar-fleet", "grpc-floor")
+# The modes a gRPC load generator drives.
+LOADGEN_MODES: Final = frozenset({*SIDECAR_MODES, *SIDECAR_VARIANTS})
+# What the sidecar processes export: "otlp" (traces and metrics over OTLP/gRPC
+# to a stand-in collector process, as production runs) or "off".
+TELEMETRY: Final = ("otlp", "off")
+
+
+def loadgen_call(mode: str) -> tuple[str, str]:
+    """Return the load generator's (mode, end) for a mode it drives."""
+    return SIDECAR_MODES.get(mode, ("grpc-stream", "half-close"))
+
 
 Progress = Callable[[str], None]
 
@@ -62,7 +95,7 @@ class BenchSettings:
     # environment, interleaved with "sidecar" (e.g. tracing on vs off).
     b_sidecar_args: tuple[str, ...] = ()
     b_sidecar_env: tuple[str, ...] = ()
-    otlp_sink: bool = False  # sidecar-b exports over OTLP/gRPC to a sink process (otlp_sink.py)
+    telemetry: str = "otlp"  # TELEMETRY: the sidecars export to a sink process (otlp_sink.py)
     profile_dir: Path | None = None
     profile_native: bool = False  # py-spy --native (pauses the process per sample)
     log_dir: Path | None = None
@@ -84,8 +117,8 @@ class BenchSettings:
             raise ValueError("fragments must be >= 1")
         if self.loadgen not in LOADGENS:
             raise ValueError(f"unknown load generator {self.loadgen!r}; choose from go, python")
-        if self.otlp_sink and "sidecar-b" not in self.modes:
-            raise ValueError("--otlp-sink exports from the sidecar-b mode: add it to --modes")
+        if self.telemetry not in TELEMETRY:
+            raise ValueError(f"telemetry must be one of {', '.join(TELEMETRY)}")
         for pair in (*self.sidecar_env, *self.b_sidecar_env, *self.knobs):
             if "=" not in pair:
                 raise ValueError(f"expected NAME=VALUE, not {pair!r}")

@@ -40,6 +40,7 @@ class RunResult:
     errors: int = 0
     audio_mismatches: int = 0
     error_samples: list[str] = field(default_factory=list)
+    error_kinds: dict[str, int] = field(default_factory=dict)  # e.g. "RESOURCE_EXHAUSTED X": n
     ttfb_ms: list[float] = field(default_factory=list)
     gaps_ms: list[float] = field(default_factory=list)
     breakdown: dict[str, list[float]] = field(default_factory=dict)
@@ -48,6 +49,7 @@ class RunResult:
     # sidecar modes, the client process otherwise), and of the others.
     cpu_s: float = 0.0
     loop_cpu_s: float = 0.0  # the serving process's main thread: its event loop
+    loop_waits: int = 0  # times that thread blocked (voluntary context switches)
     peak_rss_mb: float = 0.0
     client_cpu_s: float = 0.0
     emulator_cpu_s: float = 0.0
@@ -78,15 +80,18 @@ class Row:
     tasks: int
     errors: int
     audio_mismatches: int
+    error_kinds: dict[str, int]
     ttfb_ms: dict[str, float]
     overhead_ms: dict[str, float]
     gap_p99_ms: float
+    audio_chunks_per_task: float  # audio messages (or frames) per task that had audio
     tasks_per_s: float
     cpu_ms_per_task: float
     client_cpu_ms_per_task: float
     emulator_cpu_ms_per_task: float
     other_load_cores: float  # CPU other processes took during the windows, in cores
     loop_busy: float  # the serving process's main thread (event loop), in cores (0..1)
+    loop_waits_per_task: float  # times that thread blocked per task: its wake-ups
     peak_rss_mb: float
     connections_opened: int
     warmup_s: float | None
@@ -118,6 +123,13 @@ def aggregate(runs: Sequence[RunResult], intrinsic_ms: float) -> Row:
     def per_task(total: float) -> float:
         return total * 1000 / tasks if tasks else math.nan
 
+    kinds: dict[str, int] = {}
+    for run in runs:
+        for kind, count in run.error_kinds.items():
+            kinds[kind] = kinds.get(kind, 0) + count
+    # Every task with audio has one TTFB sample and one gap per further chunk.
+    gaps = sum(len(r.gaps_ms) for r in runs)
+
     return Row(
         mode=first.mode,
         level=first.level,
@@ -125,15 +137,18 @@ def aggregate(runs: Sequence[RunResult], intrinsic_ms: float) -> Row:
         tasks=tasks,
         errors=sum(r.errors for r in runs),
         audio_mismatches=sum(r.audio_mismatches for r in runs),
+        error_kinds=dict(sorted(kinds.items())),
         ttfb_ms=ttfb_summary,
         overhead_ms={k: v - intrinsic_ms for k, v in ttfb_summary.items()},
         gap_p99_ms=summary(v for r in runs for v in r.gaps_ms)["p99"],
+        audio_chunks_per_task=(gaps + len(ttfb)) / len(ttfb) if ttfb else math.nan,
         tasks_per_s=tasks / elapsed if elapsed > 0 else math.nan,
         cpu_ms_per_task=per_task(sum(r.cpu_s for r in runs)),
         client_cpu_ms_per_task=per_task(sum(r.client_cpu_s for r in runs)),
         emulator_cpu_ms_per_task=per_task(sum(r.emulator_cpu_s for r in runs)),
         other_load_cores=sum(r.other_cpu_s for r in runs) / elapsed if elapsed > 0 else math.nan,
         loop_busy=sum(r.loop_cpu_s for r in runs) / elapsed if elapsed > 0 else math.nan,
+        loop_waits_per_task=sum(r.loop_waits for r in runs) / tasks if tasks else math.nan,
         peak_rss_mb=max(r.peak_rss_mb for r in runs),
         connections_opened=sum(r.connections_opened for r in runs),
         warmup_s=max(warm) if warm else None,
@@ -144,6 +159,7 @@ def aggregate(runs: Sequence[RunResult], intrinsic_ms: float) -> Row:
                 "tasks": r.tasks,
                 "overhead_p50_ms": summary(r.ttfb_ms)["p50"] - intrinsic_ms,
                 "overhead_p99_ms": summary(r.ttfb_ms)["p99"] - intrinsic_ms,
+                "cpu_ms_per_task": r.cpu_s * 1000 / r.tasks if r.tasks else math.nan,
             }
             for r in runs
         ],

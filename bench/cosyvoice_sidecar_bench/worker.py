@@ -8,9 +8,22 @@ concurrent closed-loop workers for the window, and prints one JSON line
 
 Worker ``i`` starts at ``ramp * i / level`` so the load is spread over one
 task length instead of arriving as one burst, then starts a new task as soon
-as its previous one ended, until ``ramp + duration`` seconds have passed.
-Every task is bounded by ``task_timeout``; a task that fails or returns the
-wrong number of audio bytes counts as an error.
+as its previous one ended, until ``ramp + duration`` seconds have passed (or
+it ran ``max_tasks`` tasks, when that is set). Every task is bounded by
+``task_timeout``; a task that fails or returns the wrong number of audio bytes
+counts as an error, and failed ones are also counted by kind (``error_kinds``:
+the gRPC status and the ``ErrorInfo`` reason, e.g. ``RESOURCE_EXHAUSTED
+Throttling.RateQuota``). With ``honor_retry`` a worker whose task failed with
+a ``RetryInfo`` waits that long before its next task, as a well-behaved caller
+does.
+
+A streaming task ends its input the way callers do: by half-closing the
+request stream (``end="half-close"``, what Go's ``CloseSend``, Java's
+``onCompleted`` and grpcurl do), or with the explicit ``finish`` message
+first (``end="finish"``); ``end="alternate"`` switches between the two from
+one task to the next (half-close first) and records each kind's time to
+first audio apart (``ttfb_half-close_ms``, ``ttfb_finish_ms`` in the
+breakdown).
 
 Modes: ``cold``, ``floor`` (asyncio, :mod:`sidecar.upstream`), ``sdk-pool``
 (the official SDK, threads), ``grpc-stream`` / ``grpc-unary`` (a load
@@ -36,9 +49,13 @@ from typing import Any, Final
 
 from cosyvoice_sidecar_bench.workload import Workload
 
-__all__ = ["WorkerSpec", "main"]
+__all__ = ["ENDS", "WorkerSpec", "main"]
 
 _MAX_ERROR_SAMPLES: Final = 5
+# How a streaming task ends its input; see the module docstring.
+ENDS: Final = ("half-close", "finish", "alternate")
+# A RetryInfo hint longer than this is cut to it (honor_retry).
+_MAX_RETRY_WAIT_S: Final = 5.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +70,13 @@ class WorkerSpec:
     duration_s: float
     task_timeout_s: float
     api_key: str = "sk-bench-local"
+    end: str = "half-close"  # how a streaming task ends its input: ENDS
+    max_tasks: int = 0  # tasks per worker; 0: as many as the window allows
+    honor_retry: bool = False  # wait out a failed task's RetryInfo before the next
+
+    def __post_init__(self) -> None:
+        if self.end not in ENDS:
+            raise ValueError(f"end must be one of {', '.join(ENDS)}, not {self.end!r}")
 
     def to_json(self) -> str:
         data = dict(self.__dict__)
@@ -75,6 +99,7 @@ class Tally:
     errors: int = 0
     audio_mismatches: int = 0
     error_samples: list[str] = field(default_factory=list)
+    error_kinds: dict[str, int] = field(default_factory=dict)
     ttfb_ms: list[float] = field(default_factory=list)
     gaps_ms: list[float] = field(default_factory=list)
     # Extra per-task samples some modes can measure (grpc: the sidecar's own figures).
@@ -90,10 +115,13 @@ class Tally:
             self.ttfb_ms.append(round(ttfb_s * 1000, 3))
             self.gaps_ms.extend(round(g * 1000, 3) for g in gaps_s)
 
-    def error(self, exc: BaseException) -> None:
+    def error(self, exc: BaseException, kind: str = "") -> None:
+        """Count a failed task; ``kind`` names it in ``error_kinds`` (default: its type)."""
+        kind = kind or type(exc).__name__
         with self.lock:
             self.tasks += 1
             self.errors += 1
+            self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
             self._sample(f"{type(exc).__name__}: {exc}")
 
     def _sample(self, text: str) -> None:
@@ -149,6 +177,7 @@ def _result(tally: Tally, started: float, cpu_started: float, **extra: Any) -> d
         "errors": tally.errors,
         "audio_mismatches": tally.audio_mismatches,
         "error_samples": tally.error_samples,
+        "error_kinds": tally.error_kinds,
         "ttfb_ms": tally.ttfb_ms,
         "gaps_ms": tally.gaps_ms,
         "breakdown": dict(tally.breakdown),
@@ -162,37 +191,60 @@ def _result(tally: Tally, started: float, cpu_started: float, **extra: Any) -> d
 # ----------------------------------------------------------------- asyncio modes
 
 
+def _no_kind(exc: BaseException) -> tuple[str, float | None]:
+    return "", None
+
+
 async def _closed_loop(
     spec: WorkerSpec,
-    one_task: Callable[[int, Tally], Awaitable[None]],
+    one_task: Callable[[int, int, Tally], Awaitable[None]],
     tally: Tally,
     *,
     serving: bool = False,
+    classify: Callable[[BaseException], tuple[str, float | None]] = _no_kind,
 ) -> dict[str, Any]:
     """Run ``level`` closed-loop workers for the window; return the measurements.
 
+    ``one_task(worker, k, tally)`` runs worker ``worker``'s ``k``-th task.
     ``serving``: this process is the serving one (cold, floor), so its event
-    loop's CPU is reported too (``loop_cpu_s``). A gRPC load generator's is
-    not: the sidecar's loop is measured from outside, and the Go load
-    generator, which has no event loop, reports the same fields as this one.
+    loop's CPU and wake-ups are reported too (``loop_cpu_s``, ``loop_waits``).
+    A gRPC load generator's are not: the sidecar's loop is measured from
+    outside, and the Go load generator, which has no event loop, reports the
+    same fields as this one.
+    ``classify`` names a failure's kind and its RetryInfo hint (seconds, or None).
     """
     await asyncio.to_thread(_wait_for_go)
     started = time.perf_counter()
     cpu_started = time.process_time()
     loop_cpu_started = time.thread_time()  # this thread runs the event loop
+    loop_waits_started = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
     stop_at = started + spec.ramp_s + spec.duration_s
 
     async def worker(index: int, offset: float) -> None:
         await asyncio.sleep(offset)
-        while time.perf_counter() < stop_at:
+        k = 0
+        while time.perf_counter() < stop_at and (spec.max_tasks == 0 or k < spec.max_tasks):
             try:
                 async with asyncio.timeout(spec.task_timeout_s):
-                    await one_task(index, tally)
+                    await one_task(index, k, tally)
             except Exception as exc:  # noqa: BLE001 - every failure is counted, none stops the run
-                tally.error(exc)
+                kind, retry_s = classify(exc)
+                tally.error(exc, kind)
+                if spec.honor_retry and retry_s is not None:
+                    left = stop_at - time.perf_counter()
+                    await asyncio.sleep(max(0.0, min(retry_s, _MAX_RETRY_WAIT_S, left)))
+            k += 1
 
     await asyncio.gather(*(worker(i, o) for i, o in enumerate(_offsets(spec))))
-    loop = {"loop_cpu_s": time.thread_time() - loop_cpu_started} if serving else {}
+    loop = (
+        {
+            "loop_cpu_s": time.thread_time() - loop_cpu_started,
+            # How often the loop's thread blocked (voluntary context switches): its wake-ups.
+            "loop_waits": resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw - loop_waits_started,
+        }
+        if serving
+        else {}
+    )
     return _result(tally, started, cpu_started, **loop)
 
 
@@ -220,7 +272,7 @@ async def _run_upstream(spec: WorkerSpec) -> dict[str, Any]:
     tally = Tally(w.expected_bytes)
     if spec.mode == "cold":
 
-        async def cold_task(index: int, tally: Tally) -> None:
+        async def cold_task(index: int, k: int, tally: Tally) -> None:
             timer = Timer()  # the clock starts before the connect: that is the point
             connection = await connect()
             try:
@@ -235,7 +287,7 @@ async def _run_upstream(spec: WorkerSpec) -> dict[str, Any]:
     sockets = list(await asyncio.gather(*(connect() for _ in range(spec.level))))
     warmup = time.perf_counter() - started
 
-    async def floor_task(index: int, tally: Tally) -> None:
+    async def floor_task(index: int, k: int, tally: Tally) -> None:
         if not sockets[index].reusable:  # the last task failed: replace its socket
             sockets[index] = await connect()
         await synthesize(sockets[index], Timer(), tally)
@@ -245,6 +297,34 @@ async def _run_upstream(spec: WorkerSpec) -> dict[str, Any]:
         return await _closed_loop(spec, floor_task, tally, serving=True)
     finally:
         await asyncio.gather(*(s.aclose() for s in sockets), return_exceptions=True)
+
+
+def _grpc_failure(exc: BaseException) -> tuple[str, float | None]:
+    """Name a failed gRPC task (status code and ErrorInfo reason); its RetryInfo hint."""
+    import grpc
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    if not isinstance(exc, grpc.aio.AioRpcError):
+        return "", None
+    kind = exc.code().name
+    retry_s: float | None = None
+    try:
+        status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    except ValueError:  # trailers that contradict the status: keep the code alone
+        status = None
+    for detail in status.details if status is not None else ():
+        info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            kind = f"{kind} {info.reason}"
+        elif detail.Unpack(retry):
+            retry_s = retry.retry_delay.ToNanoseconds() / 1e9
+    return kind, retry_s
+
+
+def _ends_input_by_finish(spec: WorkerSpec, k: int) -> bool:
+    """Whether task ``k`` of a worker sends the finish message before half-closing."""
+    return spec.end == "finish" or (spec.end == "alternate" and k % 2 == 1)
 
 
 async def _run_grpc(spec: WorkerSpec) -> dict[str, Any]:
@@ -260,7 +340,7 @@ async def _run_grpc(spec: WorkerSpec) -> dict[str, Any]:
         await asyncio.wait_for(channel.channel_ready(), 10)
         stub = pb_grpc.SynthesizerStub(channel)
 
-        async def read(call: Any, timer: Timer) -> None:
+        async def read(call: Any, timer: Timer, end: str = "") -> None:
             started_s = 0.0
             async for response in call:
                 kind = response.WhichOneof("response")
@@ -276,26 +356,34 @@ async def _run_grpc(spec: WorkerSpec) -> dict[str, Any]:
                             round(response.completed.first_audio_ms, 3)
                         )
                         tally.breakdown["client_started_ms"].append(round(started_s * 1000, 3))
+            if end and timer.first is not None:
+                with tally.lock:
+                    tally.breakdown[f"ttfb_{end}_ms"].append(
+                        round((timer.first - timer.start) * 1000, 3)
+                    )
             timer.record(tally)
 
-        async def stream_task(index: int, tally: Tally) -> None:
+        async def stream_task(index: int, k: int, tally: Tally) -> None:
             timer = Timer()
             call = stub.StreamingSynthesize(timeout=spec.task_timeout_s)
             await call.write(pb.StreamingSynthesizeRequest(config=config))
             for fragment in w.fragments:
                 await call.write(pb.StreamingSynthesizeRequest(text=fragment))
-            await call.write(pb.StreamingSynthesizeRequest(finish=pb.Finish()))
-            await call.done_writing()
-            await read(call, timer)
+            finish = _ends_input_by_finish(spec, k)
+            if finish:
+                await call.write(pb.StreamingSynthesizeRequest(finish=pb.Finish()))
+            await call.done_writing()  # the half-close, which every gRPC client sends
+            end = ("finish" if finish else "half-close") if spec.end == "alternate" else ""
+            await read(call, timer, end)
 
-        async def unary_task(index: int, tally: Tally) -> None:
+        async def unary_task(index: int, k: int, tally: Tally) -> None:
             timer = Timer()
             request = pb.SynthesizeRequest(config=config, text=w.text)
             await read(stub.Synthesize(request, timeout=spec.task_timeout_s), timer)
 
         _emit("ready", warmup_s=None, warmup_sockets=0)
         one = stream_task if spec.mode == "grpc-stream" else unary_task
-        return await _closed_loop(spec, one, tally)
+        return await _closed_loop(spec, one, tally, classify=_grpc_failure)
 
 
 # ----------------------------------------------------------------- the SDK pool
@@ -353,11 +441,13 @@ def _run_sdk_pool(spec: WorkerSpec) -> dict[str, Any]:
     def worker(offset: float) -> None:
         go.wait()
         time.sleep(offset)
-        while time.perf_counter() < stop_at[0]:
+        k = 0
+        while time.perf_counter() < stop_at[0] and (spec.max_tasks == 0 or k < spec.max_tasks):
             try:
                 one_task()
             except Exception as exc:  # noqa: BLE001 - every failure is counted
                 tally.error(exc)
+            k += 1
 
     threads = [
         threading.Thread(target=worker, args=(o,), daemon=True, name=f"bench-{i}")

@@ -18,7 +18,7 @@ from sidecar.emulator.sentences import SentenceSplitter
 
 __all__ = ["DEFAULT_TEXT", "Workload", "split_fragments"]
 
-# 40 characters, one sentence: the "40-character sentence".
+# 40 characters, one sentence: a short reply, as a voice assistant speaks it.
 DEFAULT_TEXT: Final = "Warm sockets make the first packet fast."
 MODEL: Final = "cosyvoice-v3-flash"
 VOICE: Final = "longanyang"

@@ -114,13 +114,16 @@ def _check_result(result: dict[str, Any], expected_bytes: int) -> None:
 
 
 @pytest.mark.timeout(scaled(180))
-@pytest.mark.parametrize("mode", ["grpc-stream", "grpc-unary"])
+@pytest.mark.parametrize(
+    ("mode", "end"),
+    [("grpc-stream", "half-close"), ("grpc-stream", "finish"), ("grpc-unary", "half-close")],
+)
 async def test_go_and_python_load_generators_report_alike(
-    go_loadgen: Loadgen, target: Target, tmp_path: Path, mode: str
+    go_loadgen: Loadgen, target: Target, tmp_path: Path, mode: str, end: str
 ) -> None:
     """Same spec, same sidecar: equal ready lines, same result keys, kinds and units."""
     python_loadgen = await prepare("python", tmp_path)
-    spec = WorkerSpec(mode, LEVEL, target.address, target.workload, 0.1, 0.5, scaled(15))
+    spec = WorkerSpec(mode, LEVEL, target.address, target.workload, 0.1, 0.5, scaled(15), end=end)
     py_ready, py_result = await _run(python_loadgen, spec, tmp_path)
     go_ready, go_result = await _run(go_loadgen, spec, tmp_path)
 
@@ -143,3 +146,59 @@ async def test_go_and_python_load_generators_report_alike(
         _check_result(result, expected)
         assert result["audio_mismatches"] == result["tasks"]
     assert results[0]["error_samples"][0] == results[1]["error_samples"][0]
+
+
+@pytest.mark.timeout(scaled(120))
+async def test_alternate_ends_split_the_first_audio_by_kind(
+    go_loadgen: Loadgen, target: Target, tmp_path: Path
+) -> None:
+    """end=alternate: half-close, then finish, and so on; max_tasks stops each worker."""
+    python_loadgen = await prepare("python", tmp_path)
+    spec = WorkerSpec(
+        "grpc-stream",
+        1,
+        target.address,
+        target.workload,
+        0.0,
+        60.0,
+        scaled(15),
+        end="alternate",
+        max_tasks=4,
+    )
+    for loadgen in (python_loadgen, go_loadgen):
+        _, result = await _run(loadgen, spec, tmp_path)
+        assert (result["tasks"], result["errors"], result["error_kinds"]) == (4, 0, {})
+        split = result["breakdown"]
+        assert len(split["ttfb_half-close_ms"]) == len(split["ttfb_finish_ms"]) == 2, loadgen
+        assert sorted(split["ttfb_half-close_ms"] + split["ttfb_finish_ms"]) == sorted(
+            result["ttfb_ms"]
+        )
+        assert result["elapsed_s"] < 30  # the tasks ended the run, not the 60 s window
+
+
+@pytest.mark.timeout(scaled(120))
+async def test_refusals_are_counted_by_kind_and_retried_after_their_hint(
+    go_loadgen: Loadgen, tmp_path: Path
+) -> None:
+    """A sidecar that admits one stream: the others' RESOURCE_EXHAUSTED is counted by reason,
+    and with honor_retry each waits out the RetryInfo (0.5 s) before trying again."""
+    args = ["serve", "--emulator", "--listen", "127.0.0.1:0", "--max-streams", "1"]
+    args += ["--pool-min-idle", "1", "--pool-max-size", "1", "--log-level", "warning"]
+    async with Process(*args, env={"DASHSCOPE_API_KEY": "sk-bench-local"}) as sidecar:
+        emulator = (await sidecar.expect(r"^emulator on (\S+)$", 30)).group(1)
+        address = (await sidecar.expect(r"^serving on (\S+)$", 30)).group(1)
+        knobs = await EmulatorClient(emulator).knobs()
+        workload = Workload.build(DEFAULT_TEXT, 2, 22050, knobs)
+        spec = WorkerSpec(
+            "grpc-stream", 3, address, workload, 0.0, 1.0, scaled(15), honor_retry=True
+        )
+        python_loadgen = await prepare("python", tmp_path)
+        for loadgen in (python_loadgen, go_loadgen):
+            _, result = await _run(loadgen, spec, tmp_path)
+            refused = result["error_kinds"].get("RESOURCE_EXHAUSTED TooManyStreams", 0)
+            assert refused >= 2, (loadgen.name, result["error_kinds"])
+            assert set(result["error_kinds"]) == {"RESOURCE_EXHAUSTED TooManyStreams"}
+            # Each refused stream waits 0.5 s before its next try: in the 1 s window,
+            # at most 3 tries of each of the 3 streams (without the wait: hundreds).
+            assert refused <= 3 * 3, (loadgen.name, refused)
+        assert await sidecar.stop(20) == 0

@@ -21,12 +21,20 @@
 //
 // Nothing else goes to standard output; problems go to standard error.
 //
-// A grpc-stream task sends the config, the workload's fragments and Finish,
-// then reads; a grpc-unary task calls Synthesize with the whole text. Both
-// ask for pcm at the workload's sample rate and leave model and voice to the
+// A grpc-stream task sends the config and the workload's fragments, then
+// ends its input as the spec's end says: "half-close" (CloseSend, what every
+// gRPC caller does), "finish" (the Finish message, then CloseSend), or
+// "alternate" (half-close on a worker's even tasks, finish on its odd ones,
+// each kind's time to first audio recorded apart in the breakdown); then it
+// reads. A grpc-unary task calls Synthesize with the whole text. Both ask
+// for pcm at the workload's sample rate and leave model and voice to the
 // sidecar, as the Python worker does. A task counts as an error when the
-// call fails, returns no audio or breaks the response contract, and as an
-// audio mismatch when its audio bytes differ from the expected length.
+// call fails, returns no audio or breaks the response contract (counted by
+// kind too: the status code and the ErrorInfo reason, e.g.
+// "RESOURCE_EXHAUSTED Throttling.RateQuota"), and as an audio mismatch when
+// its audio bytes differ from the expected length. A worker stops after
+// max_tasks tasks when that is set, and with honor_retry it waits out a
+// failed task's RetryInfo (at most 5 s) before its next one.
 // Measured per task: the time from the call's start to its first audio
 // chunk (TTFB), the gaps between audio chunks, and two breakdown samples:
 // when Started arrived (client_started_ms) and the sidecar's own
@@ -47,8 +55,10 @@ import (
 	"os"
 	"sync"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
@@ -63,6 +73,7 @@ const (
 	maxErrorSamples = 5   // as the Python worker's _MAX_ERROR_SAMPLES
 	maxErrorChars   = 300 // error samples are cut to this many characters
 	connectTimeout  = 10 * time.Second
+	maxRetryWait    = 5 * time.Second // a longer RetryInfo hint is cut to this
 )
 
 func main() {
@@ -95,6 +106,9 @@ type Spec struct {
 	DurationS    float64  `json:"duration_s"`
 	TaskTimeoutS float64  `json:"task_timeout_s"`
 	APIKey       string   `json:"api_key"` // the upstream's; the sidecar holds its own
+	End          string   `json:"end"`     // "half-close", "finish" or "alternate"
+	MaxTasks     int      `json:"max_tasks"`
+	HonorRetry   bool     `json:"honor_retry"`
 }
 
 // parseSpec decodes the spec strictly and checks what the run relies on.
@@ -119,6 +133,10 @@ func parseSpec(text string) (*Spec, error) {
 		return nil, errors.New("ramp and duration must be >= 0 and the task timeout > 0")
 	case s.Mode == "grpc-stream" && len(s.Workload.Fragments) == 0:
 		return nil, errors.New("the workload has no fragments")
+	case s.End != "half-close" && s.End != "finish" && s.End != "alternate":
+		return nil, fmt.Errorf("end must be half-close, finish or alternate, not %q", s.End)
+	case s.MaxTasks < 0:
+		return nil, errors.New("max_tasks must be >= 0")
 	}
 	return &s, nil
 }
@@ -155,6 +173,7 @@ type Result struct {
 	Errors          int                  `json:"errors"`
 	AudioMismatches int                  `json:"audio_mismatches"`
 	ErrorSamples    []string             `json:"error_samples"`
+	ErrorKinds      map[string]int       `json:"error_kinds"`
 	TTFBMs          []float64            `json:"ttfb_ms"`
 	GapsMs          []float64            `json:"gaps_ms"`
 	Breakdown       map[string][]float64 `json:"breakdown"`
@@ -175,6 +194,7 @@ func newTally(expected int) *tally {
 	return &tally{expected: expected, r: Result{
 		Event:        "result",
 		ErrorSamples: []string{},
+		ErrorKinds:   map[string]int{},
 		TTFBMs:       []float64{},
 		GapsMs:       []float64{},
 		Breakdown:    map[string][]float64{},
@@ -200,7 +220,16 @@ func (t *tally) error(err error) {
 	defer t.mu.Unlock()
 	t.r.Tasks++
 	t.r.Errors++
+	t.r.ErrorKinds[kind(err)]++
 	t.sample(describe(err))
+}
+
+// ttfbBy records a task's time to first audio under how it ended its input.
+func (t *tally) ttfbBy(end string, ttfb time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	key := "ttfb_" + end + "_ms"
+	t.r.Breakdown[key] = append(t.r.Breakdown[key], ms(ttfb))
 }
 
 // breakdown records a task's Completed figure and when its Started arrived.
@@ -228,6 +257,52 @@ func describe(err error) string {
 		return fmt.Sprintf("%s: %s", s.Code(), s.Message())
 	}
 	return "error: " + err.Error()
+}
+
+// kind names a failure as the Python worker does: the status code as gRPC
+// spells it everywhere but Go ("RESOURCE_EXHAUSTED"), then the ErrorInfo
+// reason if there is one; a failure that is no status is "error".
+func kind(err error) string {
+	s, ok := status.FromError(err)
+	if !ok {
+		return "error"
+	}
+	name := codeName(s.Code())
+	for _, d := range s.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return name + " " + info.GetReason()
+		}
+	}
+	return name
+}
+
+// codeName turns Go's "ResourceExhausted" into "RESOURCE_EXHAUSTED" (and
+// "OK" into "OK").
+func codeName(c codes.Code) string {
+	var b []rune
+	prev := 'A'
+	for _, r := range c.String() {
+		if unicode.IsUpper(r) && unicode.IsLower(prev) {
+			b = append(b, '_')
+		}
+		b = append(b, unicode.ToUpper(r))
+		prev = r
+	}
+	return string(b)
+}
+
+// retryAfter returns a failure's RetryInfo hint, if it has one.
+func retryAfter(err error) (time.Duration, bool) {
+	s, ok := status.FromError(err)
+	if !ok {
+		return 0, false
+	}
+	for _, d := range s.Details() {
+		if info, ok := d.(*errdetails.RetryInfo); ok {
+			return info.GetRetryDelay().AsDuration(), true
+		}
+	}
+	return 0, false
 }
 
 // timer collects the arrival times of one task's audio chunks.
@@ -298,7 +373,12 @@ func (g *gen) read(recv func() (*sidecarv1.SynthesizeResponse, error), t *timer)
 	return nil
 }
 
-func (g *gen) streamTask(ctx context.Context) error {
+// finishes says whether task k of a worker sends Finish before half-closing.
+func (s *Spec) finishes(k int) bool {
+	return s.End == "finish" || (s.End == "alternate" && k%2 == 1)
+}
+
+func (g *gen) streamTask(ctx context.Context, k int) error {
 	t := newTimer()
 	stream, err := g.client.Stream(ctx, g.config)
 	if err != nil {
@@ -313,13 +393,27 @@ func (g *gen) streamTask(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := stream.Finish(); err != nil && err != io.EOF {
+	end := stream.CloseSend // the half-close: how gRPC callers end their input
+	if g.spec.finishes(k) {
+		end = stream.Finish // the Finish message, then the half-close
+	}
+	if err := end(); err != nil && err != io.EOF {
 		return err
 	}
-	return g.read(stream.Recv, t)
+	if err := g.read(stream.Recv, t); err != nil {
+		return err
+	}
+	if g.spec.End == "alternate" && !t.first.IsZero() {
+		name := "half-close"
+		if g.spec.finishes(k) {
+			name = "finish"
+		}
+		g.tally.ttfbBy(name, t.first.Sub(t.start))
+	}
+	return nil
 }
 
-func (g *gen) unaryTask(ctx context.Context) error {
+func (g *gen) unaryTask(ctx context.Context, k int) error {
 	t := newTimer()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -343,12 +437,16 @@ func (g *gen) closedLoop(start time.Time) {
 	for _, offset := range g.spec.offsets() {
 		wg.Go(func() {
 			time.Sleep(time.Until(start.Add(offset)))
-			for time.Now().Before(stopAt) {
+			for k := 0; time.Now().Before(stopAt) && (g.spec.MaxTasks == 0 || k < g.spec.MaxTasks); k++ {
 				ctx, cancel := context.WithTimeout(context.Background(), timeout)
-				err := one(ctx)
+				err := one(ctx, k)
 				cancel()
-				if err != nil {
-					g.tally.error(err)
+				if err == nil {
+					continue
+				}
+				g.tally.error(err)
+				if wait, ok := retryAfter(err); ok && g.spec.HonorRetry {
+					time.Sleep(min(wait, maxRetryWait, time.Until(stopAt)))
 				}
 			}
 		})

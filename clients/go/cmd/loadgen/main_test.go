@@ -6,11 +6,16 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // pythonSpec is WorkerSpec(...).to_json() as bench/cosyvoice_sidecar_bench/worker.py writes
 // it (tests/bench/test_loadgen.py runs both load generators on live specs).
-const pythonSpec = `{"mode": "grpc-stream", "level": 4, "target": "127.0.0.1:50051", "workload": {"text": "Warm sockets make the first packet fast.", "fragments": ["Warm sockets make the ", "first packet fast."], "sample_rate": 22050, "model": "cosyvoice-v3-flash", "voice": "longanyang", "expected_bytes": 105840, "intrinsic_ms": 150.0, "audio_ms": 2400.0, "parameters": {"text_type": "PlainText", "voice": "longanyang", "format": "pcm", "sample_rate": 22050, "volume": 50, "rate": 1.0, "pitch": 1.0}}, "ramp_s": 0.2, "duration_s": 4.0, "task_timeout_s": 30.0, "api_key": "sk-bench-local"}`
+const pythonSpec = `{"mode": "grpc-stream", "level": 4, "target": "127.0.0.1:50051", "workload": {"text": "Warm sockets make the first packet fast.", "fragments": ["Warm sockets make the ", "first packet fast."], "sample_rate": 22050, "model": "cosyvoice-v3-flash", "voice": "longanyang", "expected_bytes": 105840, "intrinsic_ms": 150.0, "audio_ms": 2400.0, "parameters": {"text_type": "PlainText", "voice": "longanyang", "format": "pcm", "sample_rate": 22050, "volume": 50, "rate": 1.0, "pitch": 1.0}}, "ramp_s": 0.2, "duration_s": 4.0, "task_timeout_s": 30.0, "api_key": "sk-bench-local", "end": "half-close", "max_tasks": 0, "honor_retry": false}`
 
 func TestSpecFromThePythonBench(t *testing.T) {
 	s, err := parseSpec(pythonSpec)
@@ -35,6 +40,7 @@ func TestSpecIsDecodedStrictly(t *testing.T) {
 		"a field this load generator does not know": strings.Replace(pythonSpec, `"api_key"`, `"new_knob": 1, "api_key"`, 1),
 		"a mode it does not run":                    strings.Replace(pythonSpec, `"grpc-stream"`, `"floor"`, 1),
 		"level 0":                                   strings.Replace(pythonSpec, `"level": 4`, `"level": 0`, 1),
+		"an end it does not know":                   strings.Replace(pythonSpec, `"half-close"`, `"hang-up"`, 1),
 	} {
 		if _, err := parseSpec(text); err == nil {
 			t.Errorf("%s: accepted", name)
@@ -47,7 +53,7 @@ func TestResultLineKeysAndUnits(t *testing.T) {
 	empty, _ := json.Marshal(tl.r)
 	// The Python worker's _result keys, in its order; lists are [] and the
 	// breakdown {} before any sample, never null.
-	const wantEmpty = `{"event":"result","tasks":0,"errors":0,"audio_mismatches":0,"error_samples":[],"ttfb_ms":[],"gaps_ms":[],"breakdown":{},"elapsed_s":0,"cpu_s":0,"peak_rss_mb":0}`
+	const wantEmpty = `{"event":"result","tasks":0,"errors":0,"audio_mismatches":0,"error_samples":[],"error_kinds":{},"ttfb_ms":[],"gaps_ms":[],"breakdown":{},"elapsed_s":0,"cpu_s":0,"peak_rss_mb":0}`
 	if string(empty) != wantEmpty {
 		t.Errorf("empty result\n %s\nwant\n %s", empty, wantEmpty)
 	}
@@ -72,3 +78,54 @@ func TestResultLineKeysAndUnits(t *testing.T) {
 type errString string
 
 func (e errString) Error() string { return string(e) }
+
+func TestErrorKindsAndRetryHints(t *testing.T) {
+	throttled, err := status.New(codes.ResourceExhausted, "throttled").WithDetails(
+		&errdetails.ErrorInfo{Reason: "Throttling.RateQuota", Domain: "dashscope"},
+		&errdetails.RetryInfo{RetryDelay: durationpb.New(1500 * time.Millisecond)},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		err  error
+		kind string
+	}{
+		{throttled.Err(), "RESOURCE_EXHAUSTED Throttling.RateQuota"},
+		{status.Error(codes.DeadlineExceeded, "late"), "DEADLINE_EXCEEDED"},
+		{errString("the task ended without audio"), "error"},
+	} {
+		if got := kind(c.err); got != c.kind {
+			t.Errorf("kind(%v) = %q, want %q", c.err, got, c.kind)
+		}
+	}
+	if wait, ok := retryAfter(throttled.Err()); !ok || wait != 1500*time.Millisecond {
+		t.Errorf("retryAfter = %v, %v", wait, ok)
+	}
+	if codeName(codes.OK) != "OK" || codeName(codes.FailedPrecondition) != "FAILED_PRECONDITION" {
+		t.Errorf("code names %q %q", codeName(codes.OK), codeName(codes.FailedPrecondition))
+	}
+	if _, ok := retryAfter(status.Error(codes.Unavailable, "x")); ok {
+		t.Error("a hint without RetryInfo")
+	}
+	tl := newTally(1)
+	tl.error(throttled.Err())
+	tl.error(throttled.Err())
+	if tl.r.ErrorKinds["RESOURCE_EXHAUSTED Throttling.RateQuota"] != 2 {
+		t.Errorf("error kinds %v", tl.r.ErrorKinds)
+	}
+}
+
+func TestAlternateEndsHalfCloseFirst(t *testing.T) {
+	s, err := parseSpec(strings.Replace(pythonSpec, `"half-close"`, `"alternate"`, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.finishes(0) || !s.finishes(1) || s.finishes(2) {
+		t.Errorf("alternate: %v %v %v", s.finishes(0), s.finishes(1), s.finishes(2))
+	}
+	s.End = "finish"
+	if !s.finishes(0) {
+		t.Error("finish: task 0 half-closes")
+	}
+}
