@@ -92,7 +92,7 @@ async def run_fleet(settings: BenchSettings, plan: FleetPlan, progress: Progress
     loadgen = await prepare(settings.loadgen, log_dir)
     runs: list[dict[str, Any]] = []
     failed = True
-    async with RedisServer(log_dir) as redis:
+    async with RedisServer(log_path=log_dir / "redis-server.log") as redis:
         ctx = _Context(settings, plan, loadgen, redis.url, log_dir, progress)
         for repeat in range(settings.repeats):
             for case in CASES if repeat % 2 == 0 else tuple(reversed(CASES)):

@@ -112,7 +112,9 @@ async def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, An
     try:
         redis_url = ""
         if "sidecar-fleet" in settings.modes:
-            redis_url = (await stack.enter_async_context(RedisServer(log_dir))).url
+            redis_url = (
+                await stack.enter_async_context(RedisServer(log_path=log_dir / "redis-server.log"))
+            ).url
         match = await emulator.expect(r"^emulator on (ws://\S+)$", timeout=30)
         client = EmulatorClient(match.group(1))
         knobs = await client.knobs()
