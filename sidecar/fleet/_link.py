@@ -1,7 +1,7 @@
 """Whether Redis answers, as the last Redis operation found it, and what to say about it.
 
 One failed operation (a refused or dropped connection, no answer within
-``redis_timeout_s``) marks the link down: from then on calls do not wait on
+``command_timeout_s``) marks the link down: from then on calls do not wait on
 Redis at all (``open``: local slots; ``closed``: FleetUnavailable) and only the
 renewer probes it, with a jittered backoff. Its first success marks the link up
 again and, in the same round trip, registers the slots this process held

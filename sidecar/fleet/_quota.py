@@ -97,7 +97,7 @@ class FleetQuota:
         self._mean_hold_s: float | None = None
         self._quota_warned = False
         # Bound on one Redis operation: connect, command, and redis-py's single retry.
-        self._op_timeout_s = 3 * settings.redis_timeout_s
+        self._op_timeout_s = 3 * settings.command_timeout_s
 
     def __repr__(self) -> str:
         s = self.status()
@@ -120,9 +120,9 @@ class FleetQuota:
         pool = BlockingConnectionPool.from_url(
             s.redis_url,
             max_connections=s.redis_max_connections + 1,  # + the subscription's
-            timeout=s.redis_timeout_s,  # waiting for a free connection
-            socket_timeout=s.redis_timeout_s,
-            socket_connect_timeout=s.redis_timeout_s,
+            timeout=s.command_timeout_s,  # waiting for a free connection
+            socket_timeout=s.command_timeout_s,
+            socket_connect_timeout=s.command_timeout_s,
             # One immediate retry: a pooled connection may be stale after a Redis restart.
             retry=Retry(NoBackoff(), 1),
             health_check_interval=max(1, int(s.renew_interval_s)),

@@ -16,6 +16,16 @@ def test_defaults_are_valid_and_off_by_default_is_the_callers_choice() -> None:
     assert settings.renew_interval_s == settings.lease_ttl_s / 3
 
 
+def test_a_short_lease_ttl_shortens_the_redis_timeout_instead_of_being_refused() -> None:
+    """--fleet-lease-ttl has a flag, the Redis timeout has none: a short TTL (down to the
+    1 s minimum) is accepted and the timeout shrinks to a quarter of it."""
+    short = FleetSettings(redis_url="redis://127.0.0.1", quota=2, lease_ttl_s=3.0)
+    assert short.command_timeout_s == 0.75
+    assert short.command_timeout_s * 3 < short.lease_ttl_s
+    default = FleetSettings(redis_url="redis://127.0.0.1", quota=2)
+    assert default.command_timeout_s == default.redis_timeout_s == 1.0
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -25,7 +35,7 @@ def test_defaults_are_valid_and_off_by_default_is_the_callers_choice() -> None:
         ({"key": ""}, "fleet.key"),
         ({"start_rate": 0.0}, "start_rate"),
         ({"lease_ttl_s": 0.5}, "lease_ttl_s"),
-        ({"redis_timeout_s": 5.0}, "redis_timeout_s"),
+        ({"redis_timeout_s": 0.0}, "redis_timeout_s"),
         ({"on_redis_down": "maybe"}, "on_redis_down"),
         ({"redis_max_connections": 0}, "redis_max_connections"),
     ],
