@@ -176,6 +176,12 @@ class Telemetry:
             "{slot}",
             "Fleet quota slots in use fleet-wide, as of this sidecar's last Redis round trip.",
         )
+        meter.create_observable_gauge(
+            n.METRIC_FLEET_QUOTA,
+            [gauge(lambda f: f.quota)],
+            "{slot}",
+            "The fleet-wide quota this sidecar enforces (--fleet-quota).",
+        )
         meter.create_observable_counter(
             n.METRIC_FLEET_RECLAIMED,
             [gauge(lambda f: f.reclaimed)],

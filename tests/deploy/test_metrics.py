@@ -1,9 +1,10 @@
 """Metrics as a scraper sees them: a live /metrics, its zero-valued counters, and the dashboard.
 
 One ``cosyvoice-sidecar serve --emulator`` runs with the manifests' Prometheus
-settings (on loopback and a free port here), is scraped before any call and
-again after two calls that succeed and one that DashScope fails; the Grafana
-dashboard's every query must name only metrics and labels found there.
+settings (on loopback and a free port here) and the fleet quota on a real
+redis-server, is scraped before any call and again after two calls that succeed
+and one that DashScope fails; the Grafana dashboard's every query must name only
+metrics and labels found there.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from cosyvoice_sidecar_client import AsyncSynthesizerClient
 
 from sidecar.telemetry import _names as names
 from tests.deploy.conftest import BASE, REPO, env_of, kustomize_build, pod_spec, sidecar_container
+from tests.fleet.redis_server import RedisServer
+from tests.helpers import require_executable
 from tests.timing import scaled
 
 DASHBOARD = REPO / "deploy" / "grafana" / "cosyvoice-sidecar.json"
@@ -101,13 +104,16 @@ def _metrics_url(stderr: Path) -> str:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def scrapes(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Scrapes]:
-    """The sidecar with the manifests' metrics settings, scraped before and after some calls."""
+    """The sidecar with the manifests' metrics settings and the fleet quota (the dashboard's
+    fleet panels), scraped before and after some calls."""
     manifest = env_of(sidecar_container(pod_spec(kustomize_build(BASE))))
     otel = {k: v for k, v in manifest.items() if k.startswith("OTEL_")}
     assert otel["OTEL_METRICS_EXPORTER"] == "prometheus"
     otel |= {"OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1", "OTEL_EXPORTER_PROMETHEUS_PORT": "0"}
     program = Path(sys.executable).parent / "cosyvoice-sidecar"
     stderr = tmp_path_factory.mktemp("metrics") / "sidecar.stderr"
+    redis = RedisServer(require_executable("redis-server"))
+    await redis.start()
     with stderr.open("wb") as errors:
         proc = await asyncio.create_subprocess_exec(
             str(program),
@@ -115,6 +121,8 @@ async def scrapes(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Scr
             "--emulator",
             "--listen",
             "127.0.0.1:0",
+            f"--fleet-redis-url={redis.url}",
+            "--fleet-quota=4",
             env={"PATH": "/usr/bin:/bin", **otel},
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -155,6 +163,7 @@ async def scrapes(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Scr
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+        await redis.close()
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -182,6 +191,21 @@ async def test_counters_are_exported_at_zero_from_the_start(scrapes: Scrapes) ->
         )
         == 1
     )
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_fleet_quota_is_exported_from_the_start(scrapes: Scrapes) -> None:
+    """With the fleet quota on: its quota, enforcement and error counters before any call,
+    then one slot wait recorded per DashScope task (the failed one too), all given back."""
+    before, after = scrapes.before, scrapes.after
+    assert before.value("cosyvoice_fleet_slots_quota") == 4
+    assert before.value("cosyvoice_fleet_enforced") == 1
+    assert before.value("cosyvoice_fleet_redis_errors_total") == 0
+    assert before.value("cosyvoice_fleet_slots_reclaimed_total") == 0
+    waits = after.samples["cosyvoice_fleet_wait_time_seconds_count"]
+    assert sum(v for _, v in waits) == 3
+    assert after.value("cosyvoice_fleet_slots_held") == 0
+    assert after.value("cosyvoice_fleet_slots_waiting") == 0
 
 
 def test_close_reasons_are_the_pools() -> None:
@@ -253,6 +277,11 @@ async def test_dashboard_queries_name_what_the_sidecar_exports(scrapes: Scrapes)
         "cosyvoice_synthesis_time_to_first_audio_seconds_bucket",
         "cosyvoice_synthesis_tasks_total",
         "cosyvoice_pool_connection_closed_total",
+        "cosyvoice_fleet_slots_in_use",
+        "cosyvoice_fleet_slots_quota",
+        "cosyvoice_fleet_wait_time_seconds_bucket",
+        "cosyvoice_fleet_enforced",
+        "cosyvoice_fleet_redis_errors_total",
     } <= used
     exprs = " ".join(expr for _, expr in _expressions(dashboard))
     for grouping in ("cosyvoice_connection_state", "rpc_response_status_code"):
