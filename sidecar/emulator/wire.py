@@ -103,7 +103,14 @@ class FrameSink:
             self._parts = []
             self.pending_bytes = 0
             await _closed(self._ws)
-        await self._ws.drain()  # what send() does after writing
+        try:
+            await self._ws.drain()  # what send() does after writing
+        except OSError:
+            # The peer reset the connection while the buffer drained (a caller that
+            # stopped reading, then hung up). send() reports that as ConnectionClosed,
+            # and so must this: the task is then recorded as abandoned, not lost in a
+            # traceback with its outcome still "running".
+            await _closed(self._ws)
 
     def _write(self) -> None:
         data = b"".join(self._parts)

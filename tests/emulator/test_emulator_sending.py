@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import io
+import socket
+import struct
+import termios
 from collections import OrderedDict
 
 import pytest
 import soundfile  # type: ignore[import-untyped]
 from websockets.frames import Frame, Opcode
 
-from sidecar.emulator import AudioSpec, audio
+from sidecar.emulator import AudioSpec, Emulator, audio
 from sidecar.emulator.audio import (
     chunk_size,
     encode,
@@ -24,6 +28,8 @@ from sidecar.emulator.audio import (
 from sidecar.emulator.digest import AudioDigest
 from sidecar.emulator.pacer import TICK_S, Pacer
 from sidecar.emulator.wire import frame_header
+from tests.emulator.peer import Peer
+from tests.helpers import eventually, task_record
 from tests.timing import scaled
 
 
@@ -123,3 +129,33 @@ async def test_pacer_runs_callbacks_in_time_order_never_early() -> None:
         assert at >= start + due[n]
         assert at <= start + due[n] + TICK_S + scaled(0.05)
     assert len(pacer) == 0
+
+
+async def test_a_reset_while_the_sending_waits_for_the_buffer_abandons_the_task() -> None:
+    """A client stops reading (the emulator's send buffer fills and it waits for it to
+    drain), then resets the connection: the wait ends in ConnectionClosed as websockets'
+    own send() reports it, so the task is recorded as abandoned, not left "running"."""
+    async with Emulator() as emulator, Peer.connect(emulator) as peer:
+        emulator.update_knobs(realtime_factor=0.0)  # as fast as TCP takes it
+        started = await peer.start("reset", sample_rate=48000)
+        assert started["header"]["event"] == "task-started"
+        await peer.text("reset", "Backpressure keeps memory bounded. " * 143)  # ~28 MB
+        await peer.finish("reset")
+        # The peer reads nothing (websockets stops reading past its queue): once the
+        # kernel's receive queue stops growing, the emulator is waiting for a drain.
+        sock = peer.ws.transport.get_extra_info("socket")
+        unread: list[int] = []
+
+        def stalled() -> bool:
+            queued = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4)
+            unread.append(struct.unpack("i", queued)[0])
+            return len(unread) > 20 and 0 < unread[-20] == unread[-1]
+
+        await eventually(stalled, timeout=10, what="the peer's receive queue is full")
+        assert task_record(emulator, "reset").outcome == "running"
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.ws.transport.abort()  # linger 0: the close sends RST, not FIN
+        await eventually(
+            lambda: task_record(emulator, "reset").outcome != "running", what="the task ended"
+        )
+        assert task_record(emulator, "reset").outcome == "abandoned"
