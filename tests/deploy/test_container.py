@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from cosyvoice_sidecar_client import AsyncSynthesizerClient
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from tests.deploy.conftest import REPO, require_executable
+from tests.deploy.serving import health, serving_address
 from tests.timing import scaled
 
 # A cold cache runs debootstrap (about 3 minutes) and downloads the wheels.
@@ -146,17 +146,7 @@ async def _serving(
             stderr=errors,
         )
     try:
-        assert proc.stdout is not None
-        address = ""
-        async with asyncio.timeout(scaled(60)):
-            while not address:
-                line = (await proc.stdout.readline()).decode()
-                if not line:
-                    await proc.wait()
-                    log = _tail(stderr)
-                    raise AssertionError(f"exited {proc.returncode} before serving:\n{log}")
-                if match := re.fullmatch(r"serving on (\S+)\n", line):
-                    address = match.group(1)
+        address = await serving_address(proc, stderr, within=60)
         yield proc, address
     finally:
         if proc.returncode is None:
@@ -165,13 +155,6 @@ async def _serving(
                     os.kill(pid, signal.SIGKILL)
             proc.kill()
             await proc.wait()
-
-
-async def _health(address: str, service: str) -> int:
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub: Any = health_pb2_grpc.HealthStub(channel)
-        reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=scaled(5))
-    return int(reply.status)
 
 
 def test_image_config_runs_the_sidecar_as_10001(built_image: BuiltImage) -> None:
@@ -210,7 +193,7 @@ async def test_image_serves_speech_and_metrics(built_image: BuiltImage, tmp_path
     stderr = tmp_path / "sidecar.stderr"
     with _working_container(built_image) as container:
         async with _serving(container, argv, env, stderr) as (proc, address):
-            assert await _health(address, "") == health_pb2.HealthCheckResponse.SERVING
+            assert await health(address, "") == health_pb2.HealthCheckResponse.SERVING
             async with AsyncSynthesizerClient(address) as client:
                 result = await client.synthesize("Hello from the container.", timeout=scaled(10))
             assert result.audio

@@ -17,7 +17,7 @@ import grpc
 import pytest
 from cosyvoice.sidecar.v1 import status_pb2, status_pb2_grpc
 from cosyvoice_sidecar_client import AsyncSynthesizerClient
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from redis.asyncio import Redis
 
 from sidecar.config import FLEET_URL_FILE_ENV
@@ -34,6 +34,7 @@ from tests.deploy.conftest import (
     pod_spec,
     sidecar_container,
 )
+from tests.deploy.serving import health, serving_address
 from tests.fleet.redis_server import RedisServer
 from tests.fleet.tls import make_server_tls
 from tests.helpers import eventually, eventually_async, require_executable, sha256, task_record
@@ -91,17 +92,7 @@ async def _entrypoint(
             stderr=errors,
         )
     try:
-        assert proc.stdout is not None
-        address = ""
-        async with asyncio.timeout(scaled(30)):
-            while not address:
-                line = (await proc.stdout.readline()).decode()
-                if not line:
-                    await proc.wait()
-                    log = stderr.read_text(errors="replace")
-                    raise AssertionError(f"exited {proc.returncode} before serving:\n{log}")
-                if match := re.fullmatch(r"serving on (\S+)\n", line):
-                    address = match.group(1)
+        address = await serving_address(proc, stderr, within=30)
         yield proc, address
     finally:
         if proc.returncode is None:
@@ -113,14 +104,6 @@ async def _terminate(proc: asyncio.subprocess.Process, within: float) -> int:
     proc.send_signal(signal.SIGTERM)
     async with asyncio.timeout(scaled(within)):
         return await proc.wait()
-
-
-async def _health(address: str, service: str) -> int:
-    async with grpc.aio.insecure_channel(address) as channel:
-        # The grpcio-health-checking stubs type HealthStub for sync channels only.
-        stub: Any = health_pb2_grpc.HealthStub(channel)
-        reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=scaled(5))
-    return int(reply.status)
 
 
 def test_install_puts_the_wheel_in_a_clean_virtualenv(image: Image) -> None:
@@ -161,7 +144,7 @@ async def test_entrypoint_serves_with_environment_only(image: Image, tmp_path: P
             readiness = sidecar["readinessProbe"]["grpc"].get("service", "")
             liveness = sidecar["livenessProbe"]["grpc"]["service"]
             for service in ("", SERVICE_NAME, readiness, liveness):
-                assert await _health(address, service) == health_pb2.HealthCheckResponse.SERVING
+                assert await health(address, service) == health_pb2.HealthCheckResponse.SERVING
 
             async with AsyncSynthesizerClient(address) as client:
                 result = await client.synthesize(
@@ -335,11 +318,11 @@ async def test_a_dashscope_outage_keeps_the_pod_ready_unless_told_otherwise(
             }
         )
         async with _entrypoint(image, env, cwd) as (proc, address):
-            assert await _health(address, readiness) == health_pb2.HealthCheckResponse.SERVING
+            assert await health(address, readiness) == health_pb2.HealthCheckResponse.SERVING
             await emulator.aclose()  # DashScope goes away
 
             async def outage_seen() -> bool:
-                status = await _health(address, SERVICE_NAME)
+                status = await health(address, SERVICE_NAME)
                 return status == health_pb2.HealthCheckResponse.NOT_SERVING
 
             await eventually_async(outage_seen, timeout=15, what="the Synthesizer health")
@@ -348,8 +331,8 @@ async def test_a_dashscope_outage_keeps_the_pod_ready_unless_told_otherwise(
                 if follows
                 else health_pb2.HealthCheckResponse.SERVING
             )
-            assert await _health(address, readiness) == expected
-            assert await _health(address, liveness) == health_pb2.HealthCheckResponse.SERVING
+            assert await health(address, readiness) == expected
+            assert await health(address, liveness) == health_pb2.HealthCheckResponse.SERVING
             stderr = cwd.parent / f"{cwd.name}.stderr"
             match = re.search(r"metrics for Prometheus on (http://\S+/metrics)", stderr.read_text())
             assert match, stderr.read_text()[-2000:]

@@ -28,6 +28,7 @@ from cosyvoice_sidecar_client import AsyncSynthesizerClient
 
 from sidecar.telemetry import _names as names
 from tests.deploy.conftest import BASE, REPO, env_of, kustomize_build, pod_spec, sidecar_container
+from tests.deploy.serving import serving_address
 from tests.fleet.redis_server import RedisServer
 from tests.helpers import require_executable
 from tests.timing import scaled
@@ -129,13 +130,7 @@ async def scrapes(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Scr
             stderr=errors,
         )
     try:
-        assert proc.stdout is not None
-        async with asyncio.timeout(scaled(30)):
-            line = (await proc.stdout.readline()).decode()
-            while line and not line.startswith("serving on "):
-                line = (await proc.stdout.readline()).decode()
-        assert line, stderr.read_text()[-3000:]
-        address = line.removeprefix("serving on ").strip()
+        address = await serving_address(proc, stderr, within=30)
         url = _metrics_url(stderr)
         before = Scrape.parse(await asyncio.to_thread(_get, url))
         async with AsyncSynthesizerClient(address) as client:
