@@ -365,12 +365,18 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "(env COSYVOICE_SIDECAR_EMULATOR=1); for development and tests only",
     )
     for option in OPTIONS:
+        # A yes/no setting is a switch: the bare flag turns it on, and =false still
+        # parses (the same words as its environment variable).
+        switch = option.parse is _bool
         parser.add_argument(
             option.flag,
             dest=option.name,
             type=option.parse,
             choices=option.choices,
             default=None,
+            nargs="?" if switch else None,
+            const=True if switch else None,
+            metavar="true|false" if switch else None,
             help=f"{option.help} (env {option.env}; default {option.default})",
         )
     parser.epilog = (
