@@ -55,6 +55,9 @@ class UpstreamDeadlines:
         self._first_audio_at: float | None = None
         self._finish_at: float | None = None
         self._paused_at: float | None = None
+        # Both pumps may wait on the caller at once (the reader with audio, the feeder
+        # with a flush acknowledgement): the clock restarts only when neither does.
+        self._pauses = 0
 
     def synthesis_requested(self) -> None:
         """A flush or finish went upstream: from now on, audio must start in time."""
@@ -76,14 +79,20 @@ class UpstreamDeadlines:
         self._arm()
 
     def pause(self) -> None:
-        """The caller holds the audio back: stop counting the upstream's time."""
+        """The caller holds the audio back: stop counting the upstream's time.
+
+        Pauses nest: each :meth:`pause` needs its own :meth:`resume`."""
+        self._pauses += 1
         if self._paused_at is None:
             self._paused_at = self._loop.time()
             self._watchdog.set(None)
 
     def resume(self) -> None:
-        """The caller reads again: deadlines move by the time paused."""
-        if self._paused_at is None:
+        """The caller reads again: once no one waits on it, deadlines move by the time paused."""
+        if self._pauses == 0:
+            return
+        self._pauses -= 1
+        if self._pauses or self._paused_at is None:
             return
         paused = self._loop.time() - self._paused_at
         self._paused_at = None

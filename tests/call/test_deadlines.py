@@ -83,3 +83,22 @@ async def test_cancelled_deadlines_never_fire() -> None:
     overdue.deadlines.cancel()
     await asyncio.sleep(0.08)
     assert overdue.fired == []
+
+
+async def test_the_clock_stays_stopped_while_either_pump_still_waits_on_the_caller() -> None:
+    """The feeder (a flush acknowledgement) and the reader (audio) both blocked on the
+    caller: the feeder getting through must not restart the upstream's clock while the
+    reader still waits, or a finish then blames the upstream for the caller's pause."""
+    overdue = _Overdue(first_audio_s=0.05, stall_s=0.05, finish_s=0.05)
+    overdue.deadlines.audio_started()
+    overdue.deadlines.pause()  # the feeder
+    overdue.deadlines.pause()  # the reader
+    overdue.deadlines.resume()  # the feeder's put went through
+    overdue.deadlines.finish_sent()
+    await asyncio.sleep(scaled(0.3))
+    assert overdue.fired == []  # the reader still waits: nothing is the upstream's fault
+    resumed = overdue.loop.time()
+    overdue.deadlines.resume()  # the reader's too
+    await asyncio.sleep(scaled(0.3))
+    at, _ = overdue.only_firing()
+    assert at >= resumed + 0.05
