@@ -194,7 +194,7 @@ class FleetQuota:
         slot = self._hold(ticket, enforced=True, started=started)
         if self._rate is not None:
             try:
-                await self._take_start(deadline)
+                await self._take_start(deadline if timeout_s > 0 else None)
             except BaseException:
                 slot.release()
                 raise
@@ -269,8 +269,9 @@ class FleetQuota:
             )
         return self._hold(self._ledger.new_id(), enforced=False, started=started)
 
-    async def _take_start(self, deadline: float) -> None:
-        """Wait for the start rate to allow one more task start, until ``deadline``."""
+    async def _take_start(self, deadline: float | None) -> None:
+        """Wait for the start rate to allow one more task start, until ``deadline``
+        (None: one try, bounded by the Redis timeout only, as :meth:`acquire` does)."""
         assert self._rate is not None
         loop = asyncio.get_running_loop()
         while True:
@@ -291,7 +292,7 @@ class FleetQuota:
                 return
             if wait_s == 0.0:
                 return
-            if loop.time() + wait_s > deadline:
+            if deadline is None or loop.time() + wait_s > deadline:
                 raise FleetExhausted(
                     f"fleet start rate ({self._rate.amount} per {self._rate.seconds}s) spent "
                     "until past the deadline",

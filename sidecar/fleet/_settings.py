@@ -48,7 +48,7 @@ class FleetSettings:
     ``closed``: calls fail with :class:`~sidecar.fleet.FleetUnavailable`."""
     redis_timeout_s: float = 1.0
     """Bound on connecting to Redis and on each command: past it, Redis counts as down.
-    Capped at a quarter of the lease TTL (:attr:`command_timeout_s`)."""
+    Capped at a twelfth of the lease TTL (:attr:`command_timeout_s`)."""
     redis_max_connections: int = 8
     """Connections to Redis from this process (one more is the wake-up subscription)."""
     key_prefix: str = "cosyvoice:fleet"
@@ -89,10 +89,13 @@ class FleetSettings:
     @property
     def command_timeout_s(self) -> float:
         """The bound actually used per connect and command: ``redis_timeout_s``, but at most
-        a quarter of the TTL, so a renewal that times out (every third of the TTL) still
-        leaves room for the next one before the slots expire. A short ``--fleet-lease-ttl``
-        therefore shortens it rather than being refused over a setting with no flag."""
-        return min(self.redis_timeout_s, self.lease_ttl_s / 4)
+        a twelfth of the TTL. One operation may take three of them (connect, command and
+        redis-py's one retry), so a renewal (due a third of the TTL after the last) that fails
+        ends within a quarter of the TTL, leaving the rest for the probes that follow it to
+        renew the slots before they expire. A short
+        ``--fleet-lease-ttl`` therefore shortens it rather than being refused over a setting
+        with no flag (at the default 15 s TTL the cap, 1.25 s, is above the 1 s default)."""
+        return min(self.redis_timeout_s, self.lease_ttl_s / 12)
 
     @property
     def renew_interval_s(self) -> float:

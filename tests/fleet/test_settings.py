@@ -18,10 +18,11 @@ def test_defaults_are_valid_and_off_by_default_is_the_callers_choice() -> None:
 
 def test_a_short_lease_ttl_shortens_the_redis_timeout_instead_of_being_refused() -> None:
     """--fleet-lease-ttl has a flag, the Redis timeout has none: a short TTL (down to the
-    1 s minimum) is accepted and the timeout shrinks to a quarter of it."""
+    1 s minimum) is accepted and the timeout shrinks to a twelfth of it, so a failed
+    renewal (three timeouts at most) and the next one fit in the TTL."""
     short = FleetSettings(redis_url="redis://127.0.0.1", quota=2, lease_ttl_s=3.0)
-    assert short.command_timeout_s == 0.75
-    assert short.command_timeout_s * 3 < short.lease_ttl_s
+    assert short.command_timeout_s == 0.25
+    assert short.renew_interval_s + 3 * short.command_timeout_s <= short.lease_ttl_s * 7 / 12
     default = FleetSettings(redis_url="redis://127.0.0.1", quota=2)
     assert default.command_timeout_s == default.redis_timeout_s == 1.0
 

@@ -56,6 +56,18 @@ async def test_a_deadline_before_the_next_start_fails_at_once(
     first.release()
 
 
+async def test_no_time_left_is_one_try_not_a_refusal(make_quota: MakeQuota, redis: Redis) -> None:
+    """acquire(0), as the pool calls it when the borrow used up the call's time: a free
+    slot and an unspent rate are granted; a spent rate is refused at once, with its wait."""
+    quota = await make_quota(quota=5, start_rate=1 / 30)
+    slot = await quota.acquire(0.0)
+    with pytest.raises(FleetExhausted, match="start rate") as raised:
+        await quota.acquire(0.0)
+    assert 25 < raised.value.retry_after_s <= 30
+    await assert_settles(redis, quota, held=1)
+    slot.release()
+
+
 @pytest.mark.parametrize(
     ("rate", "window"),
     [(5.0, (5, 1)), (2.5, (5, 2)), (0.2, (1, 5)), (1 / 60, (1, 60)), (1e-6, (1, 3600))],
