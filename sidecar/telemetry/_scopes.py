@@ -140,7 +140,10 @@ class Borrow:
         if not self._t.enabled:
             return
         wait_s = time.monotonic() - self._started
-        result = self._result or _borrow_result(exc)
+        # A connection may be borrowed and the borrow still fail after (no fleet slot in
+        # time, the call cancelled meanwhile): the failure is the result then.
+        failed = exc is not None or not self._result
+        result = _borrow_result(exc) if failed else self._result
         self._t.wait_time.record(wait_s, {n.BORROW_RESULT: result})
         if result == "exhausted":
             self._t.timeouts.add(1)
@@ -148,7 +151,7 @@ class Borrow:
             return
         span = self._current._span
         span.set_attribute(n.BORROW_RESULT, result)
-        if not self._result:
+        if failed:
             span.set_attribute(n.BORROW_WAIT_MS, wait_s * 1000)
         if exc is not None:
             error_status(span, exc, failed=result != "cancelled")

@@ -16,8 +16,10 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from sidecar.emulator import Emulator
+from sidecar.fleet import FleetSettings
 from sidecar.telemetry import JsonFormatter, TraceContextFilter
-from tests.helpers import assert_pool_settles, eventually, task_record
+from tests.fleet.redis_server import RedisServer
+from tests.helpers import assert_pool_settles, eventually, require_executable, task_record
 from tests.proxy import TcpProxy
 from tests.telemetry.conftest import Otel, StartTraced, point_value
 from tests.timing import scaled
@@ -292,6 +294,41 @@ async def test_pool_exhausted_call_has_only_a_failed_borrow(
     assert point_value(metrics["cosyvoice.pool.connection.timeouts"]) == 1
     waits = metrics["cosyvoice.pool.connection.wait_time"]
     assert point_value(waits, **{"cosyvoice.borrow.result": "exhausted"}).count == 1
+
+
+async def test_a_fleet_quota_timeout_is_an_exhausted_borrow(
+    start_traced: StartTraced, otel: Otel, emulator: Emulator
+) -> None:
+    """The connection was there, the fleet slot was not: the borrow is traced and counted
+    as exhausted (FleetExhausted), not as the warm borrow it had been a moment before."""
+    redis = RedisServer(require_executable("redis-server"))
+    await redis.start()
+    try:
+        fleet = FleetSettings(redis_url=redis.url, quota=1, key="telemetry")
+        server = await start_traced(fleet=fleet, acquire_timeout_s=scaled(0.3))
+        holder_trace = "22222222222222222222222222222222"
+        async with AsyncSynthesizerClient(server.address, retry=False) as client:
+            holder = await client.open_stream(metadata=traceparent(holder_trace))
+            await holder.send_text("Holding the only fleet slot.")
+            held = aiter(holder)
+            assert (await anext(held)).WhichOneof("response") == "started"
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await client.synthesize("Hello.", metadata=traceparent())
+            await holder.finish()
+            async for _ in held:
+                pass
+        assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        await call_spans(otel, UNARY)
+        borrow = attrs(only(in_trace(otel, TRACE_ID, "borrow")))
+        assert borrow["cosyvoice.borrow.result"] == "exhausted"
+        assert borrow["error.type"] == "FleetExhausted"
+        await call_spans(otel, STREAMING, holder_trace)
+        metrics = otel.metrics()
+        assert point_value(metrics["cosyvoice.pool.connection.timeouts"]) == 1
+        waits = metrics["cosyvoice.pool.connection.wait_time"]
+        assert point_value(waits, **{"cosyvoice.borrow.result": "exhausted"}).count == 1
+    finally:
+        await redis.close()
 
 
 async def test_stale_socket_retry_shows_both_attempts(
