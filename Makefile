@@ -28,7 +28,7 @@ HELM := helm.sh/helm/v4/cmd/helm@v4.3.2
 PACKAGES := podman buildah debootstrap redis-server
 IMAGE_TAG ?= localhost/cosyvoice-sidecar:dev
 
-.PHONY: run test venv tools packages image pin-base-images proto proto-check lint typecheck test-python test-go test-java bench soak clean
+.PHONY: run test venv tools packages image pin-base-images proto proto-check lint typecheck test-python test-go test-java bench soak coverage clean
 
 run: venv
 	./scripts/run-demo.sh
@@ -111,6 +111,12 @@ test-go: venv
 test-java: venv
 	./scripts/require.sh mvn
 	cd clients/java && COSYVOICE_SIDECAR_BIN=$(BIN)/cosyvoice-sidecar mvn -B -q test
+
+# Line coverage of the Python tests, subprocesses included (docs/coverage.md); not part of
+# `make test`, whose timeouts are set for untraced processes.
+coverage: venv
+	mkdir -p out/coverage
+	COVERAGE_FILE=$(CURDIR)/out/coverage/.coverage $(BIN)/pytest --cov --cov-report=term --cov-report=json:out/coverage/coverage.json
 
 # The benchmark is its own package (bench/), never part of the sidecar's image.
 bench: venv
