@@ -33,9 +33,11 @@ __all__ = [
     "FORMATS",
     "LOG_FORMATS",
     "LOG_LEVELS",
+    "MODEL_ID",
     "OPTIONS",
     "REGIONS",
     "SAMPLE_RATES",
+    "VOICE_ID",
     "ApiKey",
     "Config",
     "ConfigError",
@@ -59,6 +61,11 @@ SAMPLE_RATES: Final = (8000, 16000, 22050, 24000, 44100, 48000)
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 # A workspace id goes into a host name: letters, digits and dashes only.
 _WORKSPACE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")
+# Model and voice ids go into JSON and DashScope's logs: a strict charset keeps
+# paths, spaces and control characters out. The defaults here and each request's
+# ids (sidecar.rpc) are held to the same patterns.
+MODEL_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
+VOICE_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # Bounds what batching may add to a later chunk's latency (see sidecar.rpc._writer).
 _MAX_AUDIO_BATCH_MS: Final = 1000.0
 API_KEY_ENV: Final = "DASHSCOPE_API_KEY"
@@ -153,6 +160,10 @@ class Config:
                 raise ConfigError(f'"{name}" must be > 0')
         if not 0 <= self.audio_batch_ms <= _MAX_AUDIO_BATCH_MS:
             raise ConfigError(f'"audio_batch_ms" must be between 0 and {_MAX_AUDIO_BATCH_MS:g}')
+        if not MODEL_ID.fullmatch(self.default_model):
+            raise ConfigError('"default_model" must be 1 to 64 letters, digits, ".", "_" or "-"')
+        if not VOICE_ID.fullmatch(self.default_voice):
+            raise ConfigError('"default_voice" must be 1 to 128 letters, digits, ".", "_" or "-"')
         if self.default_format not in FORMATS:
             raise ConfigError(f'"default_format" must be one of {", ".join(FORMATS)}')
         if self.default_sample_rate not in SAMPLE_RATES:

@@ -117,3 +117,13 @@ def test_config_built_in_code_checks_its_choices_too(field: str, value: object) 
     built directly, by the tests and the bench)."""
     with pytest.raises(ConfigError, match=f'"{field}" must be one of'):
         Config(**{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("flag", "field"), [("--default-voice", "voice"), ("--default-model", "model")]
+)
+def test_a_default_id_every_call_would_fail_on_is_refused_at_start(flag: str, field: str) -> None:
+    """A default voice or model no request could use is a start-up error naming the setting,
+    not a running sidecar that answers every call INVALID_ARGUMENT blaming the caller."""
+    with pytest.raises(ConfigError, match=f'"default_{field}" must be'):
+        _config([f"{flag}=bad {field}"])

@@ -176,6 +176,10 @@ async def test_integers_in_extra_parameters_stay_integers_on_the_wire(
         ("用开心的语气说" * 8, False),
         ("a" * 100, True),
         ("a" * 101, False),
+        # Spaces of Chinese and French text are not control characters; BEL is.
+        ("用开心的语气\u3000说", True),
+        ("d\u00e9tendu\u00a0!", True),
+        ("happy\x07", False),
     ],
 )
 async def test_instruction_is_limited_to_100_counted_characters(

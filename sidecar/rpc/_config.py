@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from typing import Any, Final
 
 from cosyvoice.sidecar.v1 import synthesizer_pb2 as pb
@@ -17,7 +18,7 @@ from google.protobuf import struct_pb2
 
 from sidecar import protocol
 from sidecar.call import TaskParams
-from sidecar.config import SAMPLE_RATES, Config
+from sidecar.config import MODEL_ID, SAMPLE_RATES, VOICE_ID, Config
 from sidecar.errors import InvalidRequest
 
 __all__ = ["FORMAT_ENUMS", "FORMAT_NAMES", "resolve"]
@@ -30,10 +31,6 @@ FORMAT_NAMES: Final = {
 }
 FORMAT_ENUMS: Final = {name: value for value, name in FORMAT_NAMES.items()}
 
-# Model and voice ids go into JSON and DashScope's logs: a strict charset keeps
-# paths, spaces and control characters out.
-_MODEL: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_VOICE: Final = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _LANGUAGE: Final = re.compile(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8}){0,3}")
 _MAX_LANGUAGE: Final = 16
 _MAX_HINTS: Final = 8
@@ -65,8 +62,8 @@ _NAMED: Final = frozenset(
 
 def resolve(config: pb.SynthesisConfig, defaults: Config) -> TaskParams:
     """Validate ``config`` and merge it with the server defaults."""
-    model = _id("config.model", config.model or defaults.default_model, _MODEL, 64)
-    voice = _id("config.voice", config.voice or defaults.default_voice, _VOICE, 128)
+    model = _id("config.model", config.model or defaults.default_model, MODEL_ID, 64)
+    voice = _id("config.voice", config.voice or defaults.default_voice, VOICE_ID, 128)
     if config.format == pb.AUDIO_FORMAT_UNSPECIFIED:
         fmt = defaults.default_format
     elif config.format in FORMAT_NAMES:
@@ -119,7 +116,10 @@ def _id(field: str, value: str, pattern: re.Pattern[str], limit: int) -> str:
 
 
 def _instruction(text: str) -> str:
-    if not text.isprintable():
+    # Control characters (Unicode Cc, and lone surrogates), not what isprintable() also
+    # refuses: the ideographic space U+3000 and the no-break space are ordinary in Chinese
+    # and French instructions.
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in text):
         raise InvalidRequest("config.instruction", "must not contain control characters")
     count = protocol.count_characters(text)
     if count > protocol.MAX_INSTRUCTION_CHARS:
