@@ -18,7 +18,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +26,7 @@ from sidecar import __version__
 from sidecar.config import ApiKey, Config, ConfigError, add_serve_arguments, config_from_args
 
 if TYPE_CHECKING:
+    from sidecar.credentials import ApiKeySource
     from sidecar.server import SidecarServer
 
 __all__ = ["main"]
@@ -127,8 +128,9 @@ async def _serve(args: argparse.Namespace) -> int:
         return 2
     from sidecar.telemetry import configure_logging, telemetry_from_env
 
+    keys: list[ApiKeySource] = []  # the server's, once it exists: a rotated key is masked too
     configure_logging(
-        config.log_level, config.log_format, sys.stderr, secrets=lambda: _secrets(config)
+        config.log_level, config.log_format, sys.stderr, secrets=lambda: _secrets(config, keys)
     )
 
     try:
@@ -153,6 +155,7 @@ async def _serve(args: argparse.Namespace) -> int:
             )
             print(f"emulator on {emulator.url}", flush=True)
         server = SidecarServer(config, telemetry=telemetry)
+        keys.append(server.api_key)
         stop = _stop_event(server)
         try:
             address = await server.start()
@@ -187,9 +190,14 @@ def _stop_event(server: SidecarServer) -> asyncio.Event:
     return stop
 
 
-def _secrets(config: Config) -> list[str]:
-    """The values logs must never show (bearer credentials are masked anyway)."""
-    return [s.reveal() for s in (config.api_key, config.auth_token) if s is not None]
+def _secrets(config: Config, keys: Iterable[ApiKeySource] = ()) -> list[str]:
+    """The values logs must never show (bearer credentials are masked anyway): the key
+    and token as configured, the key as rotated since, the fleet's Redis passwords."""
+    found = [s.reveal() for s in (config.api_key, config.auth_token) if s is not None]
+    found += [key.current() for key in keys if key.current()]
+    if config.fleet is not None:
+        found += config.fleet.secrets
+    return found
 
 
 def _emulate(argv: list[str]) -> int:

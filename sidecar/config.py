@@ -95,7 +95,11 @@ class Secret:
     __str__ = __repr__
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and hmac.compare_digest(other._value, self._value)
+        # Compared as bytes: compare_digest refuses str with non-ASCII characters (a key file
+        # saved with a byte-order mark would otherwise raise TypeError here).
+        return isinstance(other, Secret) and hmac.compare_digest(
+            other._value.encode(), self._value.encode()
+        )
 
     def __hash__(self) -> int:
         return hash(self._value)

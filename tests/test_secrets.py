@@ -10,7 +10,11 @@ import pytest
 from cosyvoice.sidecar.v1 import status_pb2, status_pb2_grpc
 from cosyvoice_sidecar_client import AsyncSynthesizerClient
 
+from sidecar.cli import _secrets
+from sidecar.config import Config, Secret
+from sidecar.credentials import ApiKeySource
 from sidecar.emulator import Emulator
+from sidecar.fleet import FleetSettings
 from sidecar.telemetry import redact
 from tests.processes import Process
 
@@ -73,3 +77,30 @@ def test_redaction_masks_bearer_credentials_and_named_secrets() -> None:
     assert "sk-zzz" not in masked
     assert "xyz-secret-1" not in masked
     assert "Authorization: Bearer ***" in masked
+
+
+def test_keys_compare_whatever_their_characters() -> None:
+    """A key file saved with a byte-order mark (or any non-ASCII character) compares as
+    unequal to the old key, instead of raising in the middle of a rotation."""
+    assert Secret("\ufeffsk-new") != Secret("sk-old")
+    assert Secret("sk-é") == Secret("sk-é")
+
+
+def test_logs_mask_the_key_as_rotated_and_the_fleets_redis_password(tmp_path: Path) -> None:
+    """What the log formatter masks follows the key file after a rotation, and covers the
+    Redis URL's password when the fleet quota is on."""
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-first-key-0001")
+    config = Config(
+        api_key=Secret("sk-first-key-0001"),
+        api_key_file=str(key_file),
+        fleet=FleetSettings(redis_url="redis://:redis-pass-42@127.0.0.1:6379/0", quota=2),
+    )
+    keys = ApiKeySource(config.api_key, config.api_key_file, check_interval=0.0)
+    key_file.write_text("sk-second-key-000002")
+    assert keys.refresh()
+    masked = _secrets(config, [keys])
+    assert {"sk-first-key-0001", "sk-second-key-000002", "redis-pass-42"} <= set(masked)
+    line = redact("rotated to sk-second-key-000002 via redis-pass-42", masked)
+    assert "sk-second" not in line
+    assert "redis-pass" not in line

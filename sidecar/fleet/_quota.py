@@ -425,7 +425,10 @@ class FleetQuota:
                         data = message["data"]
                         self._ledger.granted(data.decode() if isinstance(data, bytes) else data)
             except _REDIS_ERRORS as exc:
-                log.debug("fleet quota: wake-up subscription lost (%s)", exc)
+                log.debug(
+                    "fleet quota: wake-up subscription lost (%s)",
+                    redact_text(str(exc), self.settings.secrets),
+                )
                 # Perhaps Redis is gone: a SYNC now tells, and the waiters learn it at once.
                 self._full_sync_due = True
                 self._sync_now.set()
