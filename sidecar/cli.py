@@ -111,7 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     say.add_argument("--voice", default="", help="voice (default: the sidecar's)")
     say.add_argument("--model", default="", help="model (default: the sidecar's)")
     say.add_argument(
-        "--format", choices=("pcm", "wav", "mp3", "opus"), help="audio format (default pcm)"
+        "--format",
+        choices=("pcm", "wav", "mp3", "opus"),
+        help="audio format (default: the sidecar's)",
     )
     say.add_argument("--sample-rate", type=int, default=0, help="Hz (default: the sidecar's)")
     say.add_argument("--timeout", type=float, default=60.0, help="call deadline in seconds")

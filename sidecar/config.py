@@ -480,7 +480,8 @@ def _env_flag(env: Mapping[str, str], name: str) -> bool:
 
 
 def _read_secret(env: Mapping[str, str], variable: str, file_variable: str) -> Secret | None:
-    """Return a secret from its file (preferred: it can rotate) or its variable."""
+    """Return a secret from its file (preferred: it stays out of the environment) or its
+    variable. Of these files only the API key's is read again when it changes."""
     path = env.get(file_variable)
     if path:
         try:

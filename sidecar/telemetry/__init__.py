@@ -4,8 +4,8 @@ One :class:`Telemetry` per server, built by :func:`telemetry_from_env` from
 the standard ``OTEL_*`` variables (off unless an exporter or an OTLP endpoint
 is configured) or, in tests, from in-memory providers; it is passed to the
 pool, the servicer and each call through their constructors. The names of
-spans, attributes and metrics live in ``_names``; the README's telemetry
-section lists them.
+spans, attributes and metrics live in ``_names``; ``docs/telemetry.md``
+lists them.
 """
 
 from __future__ import annotations

@@ -240,7 +240,7 @@ class Telemetry:
 
     def _observe_closed(self, _: CallbackOptions) -> Iterable[Observation]:
         for s in self._statuses():
-            # Known reasons at 0 until they happen (see _create_instruments).
+            # Known reasons at 0 until they happen, like the counters in Instruments.
             counts = dict.fromkeys(n.CLOSE_REASONS, 0) | dict(s.closed_total)
             for reason, count in sorted(counts.items()):
                 yield Observation(count, {n.CLOSE_REASON: reason})

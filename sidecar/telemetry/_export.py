@@ -174,7 +174,8 @@ def telemetry_from_env(
                     )
                 )
         meter_provider = MeterProvider(resource=resource, metric_readers=readers)
-        # Before the scrape endpoint stops (hooks run in order).
+        # Last of all (the hooks run in reverse): the readers' final export comes after
+        # the scrape endpoint has closed and the spans are flushed.
         shutdown.insert(0, meter_provider.shutdown)
     log.info("telemetry: %s", settings.describe())
     return Telemetry(tracer_provider, meter_provider, on_shutdown=shutdown)

@@ -6,7 +6,7 @@ rest are ours: ``cosyvoice.*`` for what the
 sidecar decides (pool, borrow, return, audio delivered), ``dashscope.*`` for
 what the upstream reports (task id, model, voice, billing, error code). No
 name here ever carries the API key or the request text (only its length).
-The README's telemetry section lists the same names.
+``docs/telemetry.md`` lists the same names.
 """
 
 from __future__ import annotations
