@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from typing import Final
 
 import grpc
@@ -302,6 +303,23 @@ def _server_credentials(config: Config) -> grpc.ServerCredentials | None:
     if config.tls_client_ca:
         with open(config.tls_client_ca, "rb") as ca:
             client_ca = ca.read()
+    # grpc reports unusable PEM files as a failed bind, which would read as "address in
+    # use": check them here, where the error can name the file.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except ssl.SSLError as exc:
+        raise OSError(
+            f"TLS: {config.tls_cert} and {config.tls_key} are not a certificate and its "
+            f"private key in PEM ({exc.reason or exc})"
+        ) from exc
+    if config.tls_client_ca:
+        try:
+            context.load_verify_locations(config.tls_client_ca)
+        except ssl.SSLError as exc:
+            raise OSError(
+                f"TLS: {config.tls_client_ca} holds no PEM CA certificate ({exc.reason or exc})"
+            ) from exc
     return grpc.ssl_server_credentials(
         [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
     )

@@ -149,6 +149,31 @@ async def test_tls(start_sidecar: StartSidecar, pki: _Pki) -> None:
     assert info.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
+@pytest.mark.parametrize("broken", ["key of another certificate", "not PEM", "CA not PEM"])
+async def test_unusable_tls_files_are_named_not_called_a_busy_port(
+    pki: _Pki, tmp_path: Path, broken: str
+) -> None:
+    """A key that does not match the certificate, or a file that is no PEM: exit 1 naming
+    TLS and the files (grpc alone reports it as a failed bind: "address in use")."""
+    cert, key, ca = pki.server_cert, pki.server_key, pki.ca
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    if broken == "key of another certificate":
+        key = pki.client_key
+    elif broken == "not PEM":
+        cert = junk
+    else:
+        ca = junk
+    args = [f"--tls-cert={cert}", f"--tls-key={key}", f"--tls-client-ca={ca}"]
+    async with Process("serve", "--emulator", "--listen=127.0.0.1:0", *args) as sidecar:
+        code, out, err = await sidecar.finish()
+    assert code == 1
+    assert "serving on" not in out
+    assert "TLS: " in err
+    assert "in use" not in err
+    assert str(ca if broken == "CA not PEM" else cert) in err
+
+
 async def test_mtls_requires_a_client_certificate(start_sidecar: StartSidecar, pki: _Pki) -> None:
     """With a client CA, only callers presenting a certificate it signed get through."""
     server = await start_sidecar(
