@@ -44,7 +44,8 @@ __all__ = ["ResponseWriter"]
 
 _Context = grpc.aio.ServicerContext[Any, pb.SynthesizeResponse]
 
-# A merged chunk stops growing here: far below gRPC's 4 MiB message limit.
+# A merged chunk stops growing here (one more frame may end it, and DashScope's frames
+# are a few KB; the upstream refuses any over 1 MiB): far below gRPC's 4 MiB message limit.
 _MAX_CHUNK_BYTES: Final = 256 * 1024
 _WAV_HEADER_BYTES: Final = 44
 
@@ -171,11 +172,14 @@ class ResponseWriter:
     # ------------------------------------------------------------------- audio
 
     def _take_waiting_audio(self, parts: list[bytes]) -> CallEvent | BaseException | None:
-        """Append the audio already queued; return the first other event (or error)."""
-        while (following := self._call.events.get_nowait()) is not None:
+        """Append the audio already queued, until the chunk reaches its bound; return the
+        first other event (or error) taken meanwhile."""
+        size = sum(map(len, parts))
+        while size < _MAX_CHUNK_BYTES and (following := self._call.events.get_nowait()) is not None:
             if not isinstance(following, bytes):
                 return following
             parts.append(following)
+            size += len(following)
         return None
 
     def _may_hold(self) -> bool:

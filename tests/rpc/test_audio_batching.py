@@ -6,6 +6,7 @@ so 12 frames of 4410 bytes at 22050 Hz pcm.
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
@@ -15,7 +16,7 @@ from cosyvoice_sidecar_client import AsyncSynthesizerClient
 from sidecar.emulator import Emulator
 from sidecar.emulator.audio import chunk_size
 from tests.conftest import StartSidecar
-from tests.helpers import sha256, task_record
+from tests.helpers import eventually, sha256, task_record
 from tests.timing import scaled
 
 SENTENCE = "Twenty characters ok"  # 20 characters, one sentence
@@ -99,3 +100,38 @@ async def test_formats_of_unknown_duration_are_never_held(
     frame = chunk_size("mp3" if audio_format == pb.AUDIO_FORMAT_MP3 else "opus", 22050, 100)
     assert max(sizes) <= frame, sizes
     assert len(sizes) == math.ceil(sum(sizes) / frame), sizes
+
+
+async def test_audio_waiting_for_a_slow_caller_merges_only_up_to_the_chunk_bound(
+    start_sidecar: StartSidecar, emulator: Emulator
+) -> None:
+    """Large frames (2 s of 48 kHz pcm, 192 KB each) pile up while the caller looks away:
+    what it then reads is merged into chunks of at most the bound plus one frame, never
+    one message of every frame queued (which could pass gRPC's 4 MiB limit), byte-exact."""
+    emulator.update_knobs(realtime_factor=0.0, chunk_ms=2000)
+    frame = chunk_size("pcm", 48000, 2000)
+    server = await start_sidecar(audio_batch_ms=100.0)
+    config = pb.SynthesisConfig(format=pb.AUDIO_FORMAT_PCM, sample_rate_hz=48000)
+    async with AsyncSynthesizerClient(server.address) as client:
+        stream = await client.open_stream(config, timeout=scaled(20))
+        await stream.send_text("one long sentence of many words" + " and more words" * 40 + ".")
+        await stream.finish()
+        responses = aiter(stream)
+        task_id = (await anext(responses)).started.task_id
+        # The caller reads nothing: the emulator sends until every buffer on the way is
+        # full, the call's own queue of frames among them.
+        await eventually(
+            lambda: task_record(emulator, task_id).audio_bytes >= 8 * frame,
+            timeout=10,
+            what="eight frames sent",
+        )
+        await asyncio.sleep(scaled(0.2))
+        sizes: list[int] = []
+        audio = bytearray()
+        async for response in responses:
+            if response.HasField("audio"):
+                sizes.append(len(response.audio.data))
+                audio += response.audio.data
+    assert sha256(audio) == task_record(emulator, task_id).audio_sha256
+    assert max(sizes) <= 256 * 1024 + frame, sizes
+    assert max(sizes) > frame, sizes  # the waiting frames did merge
