@@ -89,6 +89,22 @@ class Instruments:
             self.tasks.add(0, {n.SYNTHESIS_OUTCOME: outcome})
         self.timeouts.add(0)
         self.unknown_events.add(0)
+        self._models: set[str] = set()
+
+    def model_label(self, model: str) -> str:
+        """The ``dashscope.model`` value of a metric: the model, or ``other`` once
+        :data:`~sidecar.telemetry._names.MAX_MODEL_LABELS` distinct models have been seen.
+
+        The model comes from the caller (DashScope refuses an unknown one only after the
+        task is counted), so without a bound any caller could add series without end.
+        Spans keep the model as it was asked for.
+        """
+        if model in self._models:
+            return model
+        if len(self._models) < n.MAX_MODEL_LABELS:
+            self._models.add(model)
+            return model
+        return n.OTHER_MODEL
 
     def __repr__(self) -> str:
         on = {True: "on", False: "off"}

@@ -79,6 +79,10 @@ EVENT_NAME: Final = "dashscope.event"
 # ------------------------------------------- attributes: what DashScope reports
 TASK_ID: Final = "dashscope.task_id"
 MODEL: Final = "dashscope.model"
+# Callers name the model, and it labels three metrics: the first this many distinct
+# names keep their own series, any further one counts as OTHER_MODEL.
+MAX_MODEL_LABELS: Final = 16
+OTHER_MODEL: Final = "other"
 VOICE: Final = "dashscope.voice"
 BILLED_CHARACTERS: Final = "dashscope.billed_characters"
 ERROR_CODE: Final = "dashscope.error_code"

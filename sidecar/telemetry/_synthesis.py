@@ -115,14 +115,13 @@ class Synthesis:
         outcome = report.outcome
         error = report.outcome_error
         error_code = error.code if isinstance(error, UpstreamTaskFailed) else None
-        counted = {n.SYNTHESIS_OUTCOME: outcome, n.MODEL: self._model}
         if self._t.metering:
+            model = self._t.model_label(self._model)
+            counted = {n.SYNTHESIS_OUTCOME: outcome, n.MODEL: model}
             self._t.tasks.add(1, {**counted, n.ERROR_CODE: error_code} if error_code else counted)
             self._t.synthesis_duration.record(time.monotonic() - self._started, counted)
             if report.first_audio_ms:
-                self._t.time_to_first_audio.record(
-                    report.first_audio_ms / 1000, {n.MODEL: self._model}
-                )
+                self._t.time_to_first_audio.record(report.first_audio_ms / 1000, {n.MODEL: model})
         if not self._t.tracing:
             return
         span = self._span

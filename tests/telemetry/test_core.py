@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from opentelemetry.sdk.metrics import MeterProvider
+
 from sidecar.server import SidecarServer
 from sidecar.telemetry import TaskReport, Telemetry
+from sidecar.telemetry import _names as names
+from sidecar.telemetry._instruments import Instruments
 
 
 async def test_a_server_without_telemetry_leaves_the_shared_instance_untouched(
@@ -48,3 +52,14 @@ def test_our_semantic_convention_names_are_opentelemetrys() -> None:
     assert n.ERROR_TYPE == error_attributes.ERROR_TYPE
     assert n.NETWORK_PEER_ADDRESS == network_attributes.NETWORK_PEER_ADDRESS
     assert n.NETWORK_PEER_PORT == network_attributes.NETWORK_PEER_PORT
+
+
+def test_models_named_by_callers_cannot_grow_the_metric_series_without_end() -> None:
+    """The first MAX_MODEL_LABELS distinct models keep their name, and the rest are "other",
+    however many a caller invents; a model seen before keeps its name."""
+    instruments = Instruments(meter_provider=MeterProvider())
+    invented = [f"model-{i}" for i in range(names.MAX_MODEL_LABELS + 10)]
+    labels = [instruments.model_label(model) for model in invented]
+    assert labels[: names.MAX_MODEL_LABELS] == invented[: names.MAX_MODEL_LABELS]
+    assert set(labels[names.MAX_MODEL_LABELS :]) == {names.OTHER_MODEL}
+    assert instruments.model_label("model-0") == "model-0"
