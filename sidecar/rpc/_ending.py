@@ -1,9 +1,11 @@
-"""How a call ends: its request id, its status and trailers, its access line.
+"""How a call ends, whoever ends it: its request id, its status and trailers, its access line.
 
-Every call has a request id (the caller's ``x-request-id``, else a generated
-one), every status comes from the error table (:mod:`~sidecar.rpc._statuses`)
-with its details in ``grpc-status-details-bin`` and ``x-request-id`` in the
-trailers, and every call ends with one access line naming its request id.
+The servicer ends its calls here, and so does the interceptor that refuses a
+call before it reaches the servicer (:mod:`~sidecar.rpc._guard`): every call
+has a request id (the caller's ``x-request-id``, else a generated one), every
+status comes from the error table (:mod:`~sidecar.rpc._statuses`) with its
+details in ``grpc-status-details-bin`` and ``x-request-id`` in the trailers,
+and every call ends with one access line naming its request id.
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ from typing import Any, Final
 import grpc
 
 from sidecar.call import Call
+from sidecar.errors import SidecarError
+from sidecar.rpc._statuses import status_for
+from sidecar.telemetry import call_log_fields
 
-__all__ = ["PUSHBACK_KEY", "abort_with", "access_line", "code_of", "request_id_of"]
+__all__ = ["PUSHBACK_KEY", "abort_with", "access_line", "code_of", "refuse", "request_id_of"]
 
+log = logging.getLogger(__name__)
 access_log = logging.getLogger("sidecar.access")
 
 _Context = grpc.aio.ServicerContext[Any, Any]
@@ -53,6 +59,23 @@ async def abort_with(
     if pushback_s is not None:
         trailers.append((PUSHBACK_KEY, str(int(pushback_s * 1000))))
     await context.abort(code_of(status.code), status.message, trailing_metadata=tuple(trailers))
+
+
+async def refuse(context: _Context, error: SidecarError, method: str, started_at: float) -> None:
+    """End a call no servicer ran with ``error``'s status: named, detailed and logged.
+
+    ``method`` is the full gRPC method name; the access line gives its last part.
+    """
+    request_id = request_id_of(context)
+    code = grpc.StatusCode.UNKNOWN
+    with call_log_fields(request_id=request_id):
+        try:
+            status = status_for(error)
+            code = code_of(status.code)
+            log.info("%s: %s", code.name, error)
+            await abort_with(context, status, request_id)
+        finally:
+            access_line(method.rsplit("/", 1)[-1], code, started_at, None)
 
 
 def code_of(value: int) -> grpc.StatusCode:

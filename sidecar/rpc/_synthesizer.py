@@ -111,13 +111,18 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
         idle_s = self._config.caller_idle_timeout_s
         first: pb.StreamingSynthesizeRequest | None = None
         silent = False
+        undecodable: InvalidRequest | None = None
         try:
             async with asyncio.timeout(idle_s):  # a silent caller holds nothing for long
                 first = await anext(aiter(request_iterator), None)
         except TimeoutError:
             silent = True
+        except InvalidRequest as exc:  # the first message did not decode (rpc._guard)
+            undecodable = exc
 
         def prepare(request_id: str) -> Call:
+            if undecodable is not None:
+                raise undecodable
             if silent:
                 raise CallerIdle(f"no config within {idle_s:g}s of opening the stream")
             if first is None or first.WhichOneof("request") != "config":
