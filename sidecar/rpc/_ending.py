@@ -1,11 +1,12 @@
 """How a call ends, whoever ends it: its request id, its status and trailers, its access line.
 
-The servicer ends its calls here, and so does the interceptor that refuses a
-call before it reaches the servicer (:mod:`~sidecar.rpc._guard`): every call
-has a request id (the caller's ``x-request-id``, else a generated one), every
-status comes from the error table (:mod:`~sidecar.rpc._statuses`) with its
-details in ``grpc-status-details-bin`` and ``x-request-id`` in the trailers,
-and every call ends with one access line naming its request id.
+The servicer ends its calls here, and so do the interceptors that refuse a
+call before it reaches the servicer (:mod:`~sidecar.rpc._auth`,
+:mod:`~sidecar.rpc._guard`): every call has a request id (the caller's
+``x-request-id``, else a generated one), every status comes from the error
+table (:mod:`~sidecar.rpc._statuses`) with its details in
+``grpc-status-details-bin`` and ``x-request-id`` in the trailers, and every
+call ends with one access line naming its request id.
 """
 
 from __future__ import annotations

@@ -218,10 +218,22 @@ async def test_with_a_token_unauthenticated_garbage_is_unauthenticated_undecoded
     start_sidecar: StartSidecar, caplog: pytest.LogCaptureFixture, method: str
 ) -> None:
     """The token is checked before anything is decoded; health stays open (and clean)."""
-    caplog.set_level(logging.INFO)
+    _capture_call_logs(caplog)
     server = await start_sidecar(auth_token=Secret("s3cret-token"))
     blob = CORRUPT
-    assert await _send_raw(server.address, method, blob) is grpc.StatusCode.UNAUTHENTICATED
+    for n, sent in enumerate([(), (("authorization", "Bearer wr0ng-token"),)]):
+        request_id = f"req-unauthenticated-{n}"
+        metadata = (*sent, ("x-request-id", request_id))
+        error = await _refusal(server.address, method, [blob], metadata=metadata)
+        _assert_refused(
+            error, grpc.StatusCode.UNAUTHENTICATED, request_id, caplog, reason="Unauthenticated"
+        )
+        assert error is not None
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+        seen = [error.details() or "", str(status), str(error.trailing_metadata())]
+        seen += [f"{r.getMessage()} {r.__dict__}" for r in caplog.records]
+        for token in ("s3cret-token", "wr0ng-token"):
+            assert not [line for line in seen if token in line], token
     health = "/grpc.health.v1.Health/Check"
     assert await _send_raw(server.address, health, blob) is grpc.StatusCode.INVALID_ARGUMENT
     assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
