@@ -11,6 +11,8 @@ it becomes INTERNAL, and its traceback is logged once.
     ConfigError                 the configuration is invalid (start-up only, never a call's)
     SidecarError
     ├── InvalidRequest          caller's fault: bad config or text (INVALID_ARGUMENT)
+    ├── Unauthenticated         no bearer token, or a wrong one, when one is configured
+    │                           (UNAUTHENTICATED)
     ├── CallerIdle              no text and no finish for too long (FAILED_PRECONDITION)
     ├── CallerStalled           the caller stopped reading its audio for too long
     │                           (FAILED_PRECONDITION)
@@ -41,6 +43,7 @@ __all__ = [
     "PoolExhausted",
     "SidecarError",
     "TooManyStreams",
+    "Unauthenticated",
     "UpstreamAuthError",
     "UpstreamError",
     "UpstreamTaskFailed",
@@ -67,6 +70,13 @@ class InvalidRequest(SidecarError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class Unauthenticated(SidecarError):
+    """Raised when a call lacks the configured bearer token. Expected; the caller must fix it.
+
+    The message never quotes what the caller sent, nor the token.
+    """
 
 
 class CallerIdle(SidecarError):

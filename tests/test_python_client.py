@@ -25,7 +25,7 @@ from cosyvoice_sidecar_client import (
 )
 
 from sidecar.emulator import Emulator
-from sidecar.rpc._synthesizer import PUSHBACK_KEY
+from sidecar.rpc._ending import PUSHBACK_KEY
 from sidecar.server import SidecarServer
 from tests.conftest import StartSidecar
 from tests.helpers import eventually, sha256, task_record

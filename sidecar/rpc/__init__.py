@@ -7,8 +7,10 @@ table (:func:`status_for`, :data:`UPSTREAM_CODES`). Generated protobuf is used
 here and above only. Inside: ``_synthesizer`` (the RPCs),
 ``_config`` (a request's config -> the task's settings), ``_writer`` (the only
 place responses are built), ``_statuses`` (the only place errors become
-statuses), ``_status_service``, ``_auth``, ``_guard``, ``_reflection``
-(reflection v1 and v1alpha, with the proto's comments).
+statuses), ``_ending`` (how every call ends, refused by an interceptor or not:
+request id, status with its details and trailers, access line),
+``_status_service``, ``_auth``, ``_guard``, ``_reflection`` (reflection v1 and
+v1alpha, with the proto's comments).
 """
 
 from __future__ import annotations

@@ -5,7 +5,11 @@ that are not the message, invalid UTF-8 in a string field) escapes as UNKNOWN
 with a traceback logged per request: anyone could flood the log. The
 :class:`DecodeGuard` interceptor gives every handler a deserializer that does
 not raise, and answers INVALID_ARGUMENT, naming the message type, in place of
-a handler that would have received a request it cannot read.
+a handler that would have received a request it cannot read: a refusal like
+any other (:func:`~sidecar.rpc._ending.refuse`), with the error table's
+details, ``x-request-id`` in the trailers and an access line. The servicer
+refuses an undecodable first message of ``StreamingSynthesize`` itself, and
+a later one fails its call, both through the same table.
 
 Why INVALID_ARGUMENT and not INTERNAL (grpc-go's and grpc-java's choice for an
 undecodable message): the fault is the caller's, and INTERNAL reads as the
@@ -15,6 +19,7 @@ sidecar's own bug on every dashboard that alerts on server errors.
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
@@ -22,6 +27,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from sidecar.errors import InvalidRequest
+from sidecar.rpc._ending import refuse
 
 __all__ = ["DecodeGuard"]
 
@@ -68,7 +74,7 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
             if streams_out
             else (handler.stream_unary if streams_in else handler.unary_unary)
         )
-        wrapped = _guarded(behavior, streams_in)
+        wrapped = _guarded(behavior, streams_in, handler_call_details.method or "")
         make = _HANDLER_FACTORIES[(streams_in, streams_out)]
         guarded: grpc.RpcMethodHandler[Any, Any] = make(
             wrapped, _tolerant(handler.request_deserializer), handler.response_serializer
@@ -76,7 +82,7 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
         return guarded
 
 
-def _guarded(behavior: Any, streams_in: bool) -> Any:
+def _guarded(behavior: Any, streams_in: bool, method: str) -> Any:
     """``behavior`` that never sees an undecodable request, of the same kind (coroutine or not)."""
 
     def arguments(request: Any) -> Any:
@@ -89,19 +95,21 @@ def _guarded(behavior: Any, streams_in: bool) -> Any:
     if inspect.isasyncgenfunction(behavior):
 
         async def stream(request: Any, context: _Context) -> AsyncIterator[Any]:
+            started_at = time.monotonic()
             try:
                 async for response in behavior(arguments(request), context):
                     yield response
             except InvalidRequest as exc:
-                await _refuse(context, exc)
+                await refuse(context, exc, method, started_at)
 
         return stream
 
     async def unary(request: Any, context: _Context) -> Any:
+        started_at = time.monotonic()
         try:
             return await behavior(arguments(request), context)
         except InvalidRequest as exc:
-            await _refuse(context, exc)
+            await refuse(context, exc, method, started_at)
 
     return unary
 
@@ -111,10 +119,6 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         if isinstance(request, _Undecodable):
             raise request.error
         yield request
-
-
-async def _refuse(context: _Context, error: InvalidRequest) -> None:
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
 
 _HANDLER_FACTORIES: Final[dict[tuple[bool, bool], Any]] = {

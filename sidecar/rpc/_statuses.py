@@ -25,6 +25,7 @@ from sidecar.errors import (
     Overloaded,
     PoolClosed,
     SidecarError,
+    Unauthenticated,
     UpstreamAuthError,
     UpstreamError,
     UpstreamTaskFailed,
@@ -50,6 +51,7 @@ Code = grpc.StatusCode
 # The sidecar's own errors (sidecar.errors) -> gRPC codes; the first match wins.
 SIDECAR_ERRORS: Final[tuple[tuple[type[SidecarError], grpc.StatusCode], ...]] = (
     (InvalidRequest, Code.INVALID_ARGUMENT),
+    (Unauthenticated, Code.UNAUTHENTICATED),
     (CallerIdle, Code.FAILED_PRECONDITION),
     (CallerStalled, Code.FAILED_PRECONDITION),
     (Overloaded, Code.RESOURCE_EXHAUSTED),  # TooManyStreams, PoolExhausted, FleetExhausted

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -33,6 +32,7 @@ from sidecar.errors import CallerIdle, InvalidRequest, PoolClosed, SidecarError,
 from sidecar.pool import Pool
 from sidecar.protocol import MAX_CHARS_PER_TASK, count_characters
 from sidecar.rpc._config import resolve
+from sidecar.rpc._ending import abort_with, access_line, code_of, request_id_of
 from sidecar.rpc._statuses import internal_status, retry_after_s, status_for
 from sidecar.rpc._writer import ResponseWriter
 from sidecar.telemetry import Telemetry, call_log_fields
@@ -42,12 +42,7 @@ __all__ = ["SynthesizerServicer"]
 _Context = grpc.aio.ServicerContext[Any, pb.SynthesizeResponse]
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("sidecar.access")
 
-_MAX_REQUEST_ID: Final = 128
-_STATUS_DETAILS: Final = "grpc-status-details-bin"
-# gRPC's retry pushback (A6): a client with a retry policy waits this long.
-PUSHBACK_KEY: Final = "grpc-retry-pushback-ms"
 # UNAVAILABLE before any response (a dead socket, shutdown): another replica or a
 # fresh connection is likely to serve at once.
 _UNAVAILABLE_PUSHBACK_S: Final = 0.2
@@ -116,13 +111,18 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
         idle_s = self._config.caller_idle_timeout_s
         first: pb.StreamingSynthesizeRequest | None = None
         silent = False
+        undecodable: InvalidRequest | None = None
         try:
             async with asyncio.timeout(idle_s):  # a silent caller holds nothing for long
                 first = await anext(aiter(request_iterator), None)
         except TimeoutError:
             silent = True
+        except InvalidRequest as exc:  # the first message did not decode (rpc._guard)
+            undecodable = exc
 
         def prepare(request_id: str) -> Call:
+            if undecodable is not None:
+                raise undecodable
             if silent:
                 raise CallerIdle(f"no config within {idle_s:g}s of opening the stream")
             if first is None or first.WhichOneof("request") != "config":
@@ -146,7 +146,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
         commands: AsyncIterator[Command],
         context: _Context,
     ) -> None:
-        request_id = _request_id(context)
+        request_id = request_id_of(context)
         self._telemetry.tag_call(request_id)
         started_at = time.monotonic()
         call: Call | None = None
@@ -170,16 +170,16 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                     await writer.run()
             except SidecarError as exc:
                 status = status_for(exc, self._upstream_host)
-                code = _code(status.code)
+                code = code_of(status.code)
                 log.info("%s: %s", code.name, exc)
-                await _abort(context, status, request_id, _pushback(exc, code, writer))
+                await abort_with(context, status, request_id, _pushback(exc, code, writer))
             except asyncio.CancelledError:
                 code = _cancelled_code(context)
                 raise
             except Exception as exc:
                 log.exception("unexpected error")
                 code = grpc.StatusCode.INTERNAL
-                await _abort(context, internal_status(exc), request_id)
+                await abort_with(context, internal_status(exc), request_id)
             finally:
                 if writer is not None:
                     writer.close()
@@ -188,7 +188,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                     if not self._active:
                         self._idle.set()
                     fields["dashscope_request_uuid"] = call.request_uuid
-                _access_line(method, code, started_at, call)
+                access_line(method, code, started_at, call)
 
     def _admit(self, call: Call) -> None:
         if self._draining:
@@ -200,19 +200,6 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
             )
         self._active.add(call)
         self._idle.clear()
-
-
-async def _abort(
-    context: _Context, status: Any, request_id: str, pushback_s: float | None = None
-) -> None:
-    """End the call with ``status`` (a google.rpc.Status), its details and our trailers."""
-    trailers: list[tuple[str, str | bytes]] = [
-        (_STATUS_DETAILS, status.SerializeToString()),
-        ("x-request-id", request_id),
-    ]
-    if pushback_s is not None:
-        trailers.append((PUSHBACK_KEY, str(int(pushback_s * 1000))))
-    await context.abort(_code(status.code), status.message, trailing_metadata=tuple(trailers))
 
 
 def _pushback(
@@ -229,28 +216,6 @@ def _pushback(
     if delay is None and code is grpc.StatusCode.UNAVAILABLE:
         return _UNAVAILABLE_PUSHBACK_S
     return delay
-
-
-def _code(value: int) -> grpc.StatusCode:
-    return next(c for c in grpc.StatusCode if c.value[0] == value)
-
-
-def _access_line(method: str, code: grpc.StatusCode, started_at: float, call: Call | None) -> None:
-    """One line per call at info: what a log pipeline needs to query calls."""
-    duration_ms = (time.monotonic() - started_at) * 1000
-    fields: dict[str, Any] = {
-        "rpc_method": method,
-        "grpc_code": code.name,
-        "duration_ms": duration_ms,
-    }
-    if call is not None:
-        fields.update(
-            pool_wait_ms=call.pool_wait_ms,
-            audio_bytes=call.delivery.audio_bytes,
-            billed_characters=call.billed_characters,
-            first_audio_ms=call.first_audio_ms,
-        )
-    access_log.info("%s %s in %.1f ms", method, code.name, duration_ms, extra={"call": fields})
 
 
 def _cancelled_code(context: _Context) -> grpc.StatusCode:
@@ -293,16 +258,3 @@ async def _commands(
             raise InvalidRequest("config", "only the first request may carry the config")
         else:
             raise InvalidRequest("request", "a request must set config, text, flush or finish")
-
-
-def _request_id(context: _Context) -> str:
-    """Return the caller's ``x-request-id`` if it is sane, else a fresh one."""
-    for key, value in context.invocation_metadata() or ():
-        if (
-            key == "x-request-id"
-            and isinstance(value, str)
-            and 0 < len(value) <= _MAX_REQUEST_ID
-            and value.isprintable()
-        ):
-            return value
-    return uuid.uuid4().hex
