@@ -43,7 +43,6 @@ __all__ = [
     "FORMATS",
     "MP3_BIT_RATE_KBPS",
     "SAMPLE_RATES",
-    "WAV_HEADER_SIZE",
     "AudioSpec",
     "chunk_size",
     "encode",
@@ -58,7 +57,6 @@ __all__ = [
 
 FORMATS: Final = frozenset({"pcm", "wav", "mp3", "opus"})
 SAMPLE_RATES: Final = frozenset({8000, 16000, 22050, 24000, 44100, 48000})
-WAV_HEADER_SIZE: Final = 44
 _STREAMED_SIZE: Final = 0xFFFFFFFF
 _MASKS: Final = {"mp3": 0x4D, "opus": 0x4F}
 # DashScope does not document its mp3 bit rate (unconfirmed). 64 kbit/s is a

@@ -72,11 +72,6 @@ class SentenceSplitter:
         tail, self._tail = self._tail, ""
         return self._collect([tail] if tail else [])
 
-    @property
-    def skipped_characters(self) -> int:
-        """Counted characters of blank segments not yet attributed to a sentence."""
-        return self._skipped
-
     def _collect(self, segments: list[str]) -> list[Sentence]:
         sentences = []
         for segment in segments:

@@ -169,11 +169,6 @@ class Emulator:
         return f"ws://{self._netloc}{PATH}"
 
     @property
-    def http_url(self) -> str:
-        """The HTTP base URL, e.g. ``http://127.0.0.1:PORT``."""
-        return f"http://{self._netloc}"
-
-    @property
     def _netloc(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"

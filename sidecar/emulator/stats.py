@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -134,9 +133,6 @@ class EmulatorStats:
             "outcomes": dict(sorted(self.outcomes.items())),
             "tasks": [r.to_dict() for r in self.tasks],
         }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False)
 
 
 class StatsBook:
