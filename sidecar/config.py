@@ -476,7 +476,17 @@ def _fleet(values: dict[str, Any], env: Mapping[str, str]) -> FleetSettings | No
 
 
 def _env_flag(env: Mapping[str, str], name: str) -> bool:
-    return env.get("COSYVOICE_SIDECAR_" + name, "").lower() in ("1", "true", "yes", "on")
+    """A yes/no variable read like every other (a typo is an error naming it, not "no")."""
+    variable = "COSYVOICE_SIDECAR_" + name
+    raw = env.get(variable, "")
+    if not raw.strip():
+        return False
+    try:
+        return _bool(raw)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{variable}={raw!r} is not a valid {name.lower()} (true or false)"
+        ) from exc
 
 
 def _read_secret(env: Mapping[str, str], variable: str, file_variable: str) -> Secret | None:

@@ -127,3 +127,16 @@ def test_a_default_id_every_call_would_fail_on_is_refused_at_start(flag: str, fi
     not a running sidecar that answers every call INVALID_ARGUMENT blaming the caller."""
     with pytest.raises(ConfigError, match=f'"default_{field}" must be'):
         _config([f"{flag}=bad {field}"])
+
+
+@pytest.mark.parametrize(
+    ("value", "emulator"), [("1", True), ("yes", True), ("off", False), ("", False)]
+)
+def test_the_emulator_variable_reads_like_every_yes_no_variable(value: str, emulator: bool) -> None:
+    """COSYVOICE_SIDECAR_EMULATOR takes the same words; a typo is refused, not read as no."""
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_serve_arguments(parser)
+    env = {"COSYVOICE_SIDECAR_EMULATOR": value, "DASHSCOPE_API_KEY": "sk-test"}
+    assert config_from_args(parser.parse_args([]), env).emulator is emulator
+    with pytest.raises(ConfigError, match="COSYVOICE_SIDECAR_EMULATOR='treu' is not a valid"):
+        config_from_args(parser.parse_args([]), env | {"COSYVOICE_SIDECAR_EMULATOR": "treu"})
