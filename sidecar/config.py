@@ -263,7 +263,12 @@ OPTIONS: Final = (
     Option("tls_cert", "PEM certificate chain file: serve TLS instead of plaintext"),
     Option("tls_key", "PEM private key file of --tls-cert"),
     Option("tls_client_ca", "PEM CA bundle: require client certificates signed by it (mTLS)"),
-    Option("max_streams", "concurrent calls admitted; past it RESOURCE_EXHAUSTED", int),
+    Option(
+        "max_streams",
+        "concurrent calls admitted, streams still waiting for their config included; past "
+        "it RESOURCE_EXHAUSTED",
+        int,
+    ),
     *_pool_options(),
     Option(
         "connect_timeout_s",

@@ -57,16 +57,27 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
         self._config = config
         self._upstream_host = urlsplit(config.upstream_url).hostname or "dashscope"
         self._active: set[Call] = set()
+        # Streams still waiting for their config (up to caller_idle_timeout_s): they hold a
+        # stream already, so they count toward max_streams too.
+        self._opening = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._draining = False
 
     def __repr__(self) -> str:
-        return f"<SynthesizerServicer active={len(self._active)} draining={self._draining}>"
+        return (
+            f"<SynthesizerServicer active={len(self._active)} opening={self._opening} "
+            f"draining={self._draining}>"
+        )
 
     @property
     def active_calls(self) -> int:
         return len(self._active)
+
+    @property
+    def opening_calls(self) -> int:
+        """Streams open but still waiting for their config."""
+        return self._opening
 
     @property
     def draining(self) -> bool:
@@ -112,15 +123,22 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
         first: pb.StreamingSynthesizeRequest | None = None
         silent = False
         undecodable: InvalidRequest | None = None
-        try:
-            async with asyncio.timeout(idle_s):  # a silent caller holds nothing for long
-                first = await anext(aiter(request_iterator), None)
-        except TimeoutError:
-            silent = True
-        except InvalidRequest as exc:  # the first message did not decode (rpc._guard)
-            undecodable = exc
+        full = self._full()
+        if not full:
+            self._opening += 1
+            try:
+                async with asyncio.timeout(idle_s):  # a silent caller holds nothing for long
+                    first = await anext(aiter(request_iterator), None)
+            except TimeoutError:
+                silent = True
+            except InvalidRequest as exc:  # the first message did not decode (rpc._guard)
+                undecodable = exc
+            finally:
+                self._opening -= 1
 
         def prepare(request_id: str) -> Call:
+            if full:
+                raise self._too_many()
             if undecodable is not None:
                 raise undecodable
             if silent:
@@ -190,14 +208,21 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
                     fields["dashscope_request_uuid"] = call.request_uuid
                 access_line(method, code, started_at, call)
 
+    def _full(self) -> bool:
+        return len(self._active) + self._opening >= self._config.max_streams
+
+    def _too_many(self) -> TooManyStreams:
+        return TooManyStreams(
+            f"{self._config.max_streams} calls are running or opening, the most this sidecar "
+            "admits",
+            retry_after_s=0.5,
+        )
+
     def _admit(self, call: Call) -> None:
         if self._draining:
             raise PoolClosed("the sidecar is shutting down; retry on another instance")
-        if len(self._active) >= self._config.max_streams:
-            raise TooManyStreams(
-                f"{self._config.max_streams} calls are running, the most this sidecar admits",
-                retry_after_s=0.5,
-            )
+        if self._full():
+            raise self._too_many()
         self._active.add(call)
         self._idle.clear()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from cosyvoice.sidecar.v1 import synthesizer_pb2 as pb
+from cosyvoice.sidecar.v1 import synthesizer_pb2_grpc as pb_grpc
 from cosyvoice_sidecar_client import AsyncSynthesizerClient
 from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
@@ -258,3 +259,24 @@ async def test_half_close_means_finish(client: AsyncSynthesizerClient, emulator:
     assert responses[-1].HasField("completed")
     task_id = responses[0].started.task_id
     assert task_record(emulator, task_id).outcome == "finished"
+
+
+async def test_streams_still_waiting_for_their_config_count_toward_max_streams(
+    start_sidecar: StartSidecar,
+) -> None:
+    """Streams that say nothing hold a stream for up to caller_idle_timeout_s: past
+    --max-streams of them, the next call is refused at once (RESOURCE_EXHAUSTED), and room
+    comes back when one goes away."""
+    server = await start_sidecar(max_streams=2)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.SynthesizerStub(channel)
+        silent = [stub.StreamingSynthesize(timeout=scaled(20)) for _ in range(2)]
+        await eventually(lambda: server.servicer.opening_calls == 2, what="two streams opening")
+        async with AsyncSynthesizerClient(server.address, retry=False) as client:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await client.synthesize("No room.", timeout=scaled(10))
+            assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            silent[0].cancel()
+            await eventually(lambda: server.servicer.opening_calls == 1, what="one went away")
+            assert (await client.synthesize("Room again.", timeout=scaled(10))).completed
+        silent[1].cancel()
