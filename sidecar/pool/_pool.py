@@ -203,9 +203,13 @@ class Pool:
 
         A pooled socket can die unseen (a silent drop, a close racing the
         borrow). If ``begin`` fails with :class:`UpstreamUnavailable`, nothing
-        reached the caller yet, so the borrow is retried once on a freshly
-        opened socket (counted in ``stale_retries``); any later failure is the
-        call's, never retried (audio may have gone out). On exit a task that
+        reached the caller yet, so the borrow is retried once (counted in
+        ``stale_retries``), skipping the idle sockets, which may be as dead: on
+        a connection opened for it, or, when the pool is full, on the first one
+        another call gives back. The whole borrow, retry included, keeps to
+        one bound (``timeout``, at most ``acquire_timeout_s``); with none of it
+        left, the first failure is raised. Any later failure is the call's,
+        never retried (audio may have gone out). On exit a task that
         has not ended is stopped by closing its socket, and the connection
         goes back through :meth:`release`. Raises what :meth:`acquire` and
         ``begin`` raise.
@@ -221,11 +225,11 @@ class Pool:
             self._give_back(lease, error)
 
     async def _begin_on_lease(self, timeout: float | None, begin: Begin) -> Lease:
-        bound = self._bound(timeout)
-        deadline = time.monotonic() + bound
+        # One bound for the whole borrow: the retry gets what is left of it.
+        deadline = time.monotonic() + self._bound(timeout)
         for attempt in (1, 2):
             with self._telemetry.borrow(self.status) as borrow:
-                lease = await self.acquire(timeout, fresh=attempt > 1)
+                lease = await self.acquire(deadline - time.monotonic(), fresh=attempt > 1)
                 borrow.borrowed(
                     connection_id=lease.connection.id, warm=lease.warm, wait_ms=lease.wait_ms
                 )
@@ -237,8 +241,8 @@ class Pool:
                 lease.task = await begin(lease)
             except UpstreamUnavailable as exc:
                 self._give_back(lease, exc)
-                if attempt > 1:
-                    raise
+                if attempt > 1 or deadline - time.monotonic() <= 0:
+                    raise  # the retry's turn, or no time left for one
                 self._stale_retries += 1
                 log.info("%s; retrying once on a fresh connection", exc)
             except BaseException as exc:

@@ -10,10 +10,11 @@ import pytest
 
 from sidecar.emulator import Emulator
 from sidecar.errors import PoolClosed, PoolExhausted, UpstreamAuthError
-from sidecar.pool import Pool, PoolPolicy
-from sidecar.upstream import UpstreamConnection, open_connection
+from sidecar.pool import Lease, Pool, PoolPolicy
+from sidecar.upstream import UpstreamConnection, UpstreamTask, open_connection
 from tests.conftest import TEST_KEY
 from tests.helpers import eventually
+from tests.proxy import TcpProxy
 from tests.timing import scaled
 
 
@@ -181,3 +182,44 @@ async def test_closed_pool_refuses_and_wakes_waiters(pool: Pool) -> None:
     with pytest.raises(PoolClosed):
         await pool.acquire()
     assert all(b.connection.closed for b in held)
+
+
+async def _start(lease: Lease) -> UpstreamTask:
+    return await lease.connection.start_task(
+        "cosyvoice-v3-flash",
+        {"voice": "v", "format": "pcm", "sample_rate": 16000},
+        start_timeout=scaled(2),
+    )
+
+
+async def test_the_stale_socket_retry_gets_only_the_time_left(emulator: Emulator) -> None:
+    """A borrow that waited, found its socket dead and retries: the retry keeps the bound.
+
+    The caller waits half the acquire timeout for the only connection, which
+    the network has dropped; the fresh connect of the retry takes most of a
+    whole acquire timeout. The borrow ends at the bound, not a bound later.
+    """
+    bound = scaled(1.0)
+    async with TcpProxy(emulator.port) as proxy:
+
+        async def connector() -> UpstreamConnection:
+            return await open_connection(proxy.url(), TEST_KEY, connect_timeout=scaled(5))
+
+        pool = Pool(connector, PoolPolicy(min_idle=0, max_size=1, acquire_timeout_s=bound))
+        pool.start()
+        try:
+            held = await pool.acquire()
+            emulator.update_knobs(handshake_delay_s=0.8 * bound)
+            proxy.break_on_next_send()  # the next run-task finds the socket dead
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.5 * bound, pool.release, held.connection)
+            started = loop.time()
+            with pytest.raises(PoolExhausted):
+                async with pool.lease(None, _start):
+                    pass
+            elapsed = loop.time() - started
+            assert pool.status().stale_retries == 1
+            assert elapsed < bound + scaled(0.2), f"the borrow took {elapsed:.2f}s"
+            await eventually(lambda: pool.status().opening == 0, what="the late connect joined")
+        finally:
+            await pool.aclose()
