@@ -289,8 +289,11 @@ class Pool:
         ``timeout`` is capped by ``acquire_timeout_s``; ``fresh`` skips idle
         sockets (a retry after a stale one). Raises :class:`PoolExhausted` when
         none frees up in time, :class:`PoolClosed` during shutdown,
-        :class:`UpstreamAuthError` while the key is refused, and the
-        upstream's error when a connection opened for this call fails.
+        :class:`UpstreamAuthError` while the key is refused,
+        :class:`UpstreamUnavailable` when it would have to connect while the
+        upstream is unreachable (after a failed connect: during the backoff, or
+        while another attempt is under way), and the upstream's error when a
+        connection opened for this call fails.
         """
         if self._closed:
             raise PoolClosed("the sidecar is shutting down")
@@ -302,6 +305,7 @@ class Pool:
         if connection is not None:
             return self._lend(connection, warm=True, started=started)
         if self._total() < self.policy.max_size:
+            self._check_reachable()
             connection = await self._opener.for_caller(bound)
             self._note_success()
             return self._lend(connection, warm=False, started=started)
@@ -315,6 +319,26 @@ class Pool:
         lease = self._busy[connection]
         lease.wait_ms = (time.monotonic() - started) * 1000
         return lease
+
+    def _check_reachable(self) -> None:
+        """Raise :class:`UpstreamUnavailable` if the caller may not connect for itself now.
+
+        After a failed connect, a caller adds no handshake to the one attempt
+        at a time the gate allows (a storm would only advance the backoff):
+        it fails at once, UNAVAILABLE, which callers retry.
+        """
+        now = time.monotonic()
+        gate = self._gate
+        if gate.caller_may_connect(now, self._opener.opening):
+            return
+        retry_in = gate.retry_in(now)
+        next_attempt = (
+            f"the next attempt in {retry_in:.1f}s" if retry_in > 0 else "an attempt is under way"
+        )
+        raise UpstreamUnavailable(
+            f"the upstream is unreachable (the last connect failed: {gate.last_error}); "
+            f"{next_attempt}"
+        ) from gate.last_error
 
     def _bound(self, timeout: float | None) -> float:
         """How long a call may wait for capacity: its own time left, at most acquire_timeout_s."""

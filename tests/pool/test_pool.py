@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sidecar.emulator import Emulator
-from sidecar.errors import PoolClosed, PoolExhausted, UpstreamAuthError
+from sidecar.errors import PoolClosed, PoolExhausted, UpstreamAuthError, UpstreamUnavailable
 from sidecar.pool import Lease, Pool, PoolPolicy
 from sidecar.upstream import UpstreamConnection, UpstreamTask, open_connection
 from tests.conftest import TEST_KEY
@@ -221,5 +221,73 @@ async def test_the_stale_socket_retry_gets_only_the_time_left(emulator: Emulator
             assert pool.status().stale_retries == 1
             assert elapsed < bound + scaled(0.2), f"the borrow took {elapsed:.2f}s"
             await eventually(lambda: pool.status().opening == 0, what="the late connect joined")
+        finally:
+            await pool.aclose()
+
+
+class _Unreachable:
+    """A TCP listener that counts the connections it accepts and closes each at once."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"ws://127.0.0.1:{port}/api-ws/v1/inference"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _accept(self, _: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        writer.transport.abort()
+
+
+async def test_callers_make_one_connect_at_a_time_while_the_upstream_is_unreachable() -> None:
+    """After a failed connect, callers who find no idle socket add no handshake of their own.
+
+    While the backoff runs they fail at once with UpstreamUnavailable naming
+    the last failure (UNAVAILABLE, which callers retry); once it has passed,
+    one caller's connect goes through and the others fail while it is under way.
+    """
+    upstream = _Unreachable()
+    async with upstream as url:
+
+        async def connector() -> UpstreamConnection:
+            return await open_connection(url, TEST_KEY, connect_timeout=scaled(2))
+
+        window = scaled(1.0)  # the first backoff pause: between window / 2 and window
+        policy = PoolPolicy(
+            min_idle=0,
+            max_size=32,
+            acquire_timeout_s=scaled(2),
+            backoff_initial_s=window,
+            backoff_max_s=window,
+        )
+        pool = Pool(connector, policy)
+        pool.start()
+        try:
+            with pytest.raises(UpstreamUnavailable):
+                await pool.acquire()
+            assert upstream.accepted == 1
+            for wave in (1, 2):
+                if wave == 2:
+                    await asyncio.sleep(window)  # the backoff has passed
+                outcomes = await asyncio.wait_for(
+                    asyncio.gather(*(pool.acquire() for _ in range(20)), return_exceptions=True),
+                    scaled(5),
+                )
+                assert all(isinstance(o, UpstreamUnavailable) for o in outcomes), outcomes
+                assert upstream.accepted == wave, f"wave {wave}: {upstream.accepted} connects"
+                # Wave 2: one caller made the attempt and got its failure; the rest did not wait.
+                refused = [o for o in outcomes if "the upstream is unreachable" in str(o)]
+                assert len(refused) == (20 if wave == 1 else 19), outcomes
+                assert all("did not receive a valid HTTP response" in str(o) for o in outcomes)
+            status = pool.status()
+            assert (status.busy, status.opening, status.idle) == (0, 0, 0)
         finally:
             await pool.aclose()
