@@ -185,8 +185,10 @@ class Pool:
             task.cancel()
         while (connection := self._idle.pop_newest()) is not None:
             self._close(connection, "shutdown")
-        for connection in list(self._busy):
-            # Calls still running get a transport error, which is the truth.
+        busy, self._busy = self._busy, {}
+        for connection in busy:
+            # Calls still running get a transport error, which is the truth. The
+            # connection is no longer the pool's: its return (release) is a no-op.
             self._close(connection, "shutdown")
         pending = self._closing | self._opener.tasks
         if pending:
@@ -308,6 +310,9 @@ class Pool:
             self._check_reachable()
             connection = await self._opener.for_caller(bound)
             self._note_success()
+            if self._closed:  # the shutdown began during the connect
+                self._close(connection, "shutdown")
+                raise PoolClosed("the sidecar is shutting down")
             return self._lend(connection, warm=False, started=started)
         try:
             connection = await self._waiters.wait(bound, give_back=self.release)
@@ -316,7 +321,9 @@ class Pool:
                 f"all {self.policy.max_size} upstream connections stayed busy for {bound:g}s",
                 retry_after_s=1.0,
             ) from exc
-        lease = self._busy[connection]
+        lease = self._busy.get(connection)
+        if lease is None:  # handed over, then the shutdown closed it before this resumed
+            raise PoolClosed("the sidecar is shutting down")
         lease.wait_ms = (time.monotonic() - started) * 1000
         return lease
 
@@ -349,7 +356,9 @@ class Pool:
         """Return a borrowed connection: to the next waiter or idle if reusable, else close it."""
         if self._busy.pop(connection, None) is None:
             return
-        if self._closed or not connection.reusable:
+        if self._closed:
+            self._close(connection, "shutdown")  # lent while the shutdown began
+        elif not connection.reusable:
             self._close(connection, "failed")
         else:
             self._make_idle(connection)

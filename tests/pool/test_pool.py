@@ -291,3 +291,49 @@ async def test_callers_make_one_connect_at_a_time_while_the_upstream_is_unreacha
             assert (status.busy, status.opening, status.idle) == (0, 0, 0)
         finally:
             await pool.aclose()
+
+
+async def test_a_connection_busy_at_shutdown_is_counted_closed_once(
+    pool: Pool, emulator: Emulator
+) -> None:
+    """Shutdown closes a lent connection; its later return does not close (or count) it again."""
+    borrowed = await pool.acquire()
+    await pool.aclose()
+    assert borrowed.connection.closed
+    pool.release(borrowed.connection)  # the call ends after the shutdown
+    await eventually(lambda: pool.status().closing == 0, what="closes finished")
+    assert pool.status().closed_total == {"shutdown": 1}
+    assert pool.status().busy == 0
+
+
+async def test_a_connection_handed_to_a_waiter_as_the_shutdown_begins_is_not_lent(
+    pool: Pool, emulator: Emulator
+) -> None:
+    """Handed over, then the pool closes before the waiter resumes: PoolClosed, counted once."""
+    first = await pool.acquire()
+    second = await pool.acquire()
+    waiter = asyncio.create_task(pool.acquire())
+    await eventually(lambda: pool.status().waiters == 1, what="one waiter")
+    pool.release(first.connection)  # handed to the waiter, which has not resumed yet
+    await pool.aclose()
+    with pytest.raises(PoolClosed):
+        await waiter
+    pool.release(second.connection)
+    await eventually(lambda: pool.status().closing == 0, what="closes finished")
+    assert pool.status().closed_total == {"shutdown": 2}
+
+
+async def test_a_connection_opened_for_a_caller_as_the_shutdown_begins_is_not_lent(
+    emulator: Emulator,
+) -> None:
+    """The caller's connect ends after the pool closed: PoolClosed, and the socket is closed."""
+    emulator.update_knobs(handshake_delay_s=0.3)
+    pool = _pool(emulator)
+    pool.start()
+    caller = asyncio.create_task(pool.acquire())
+    await eventually(lambda: pool.status().opening == 1, what="opening")
+    await pool.aclose()
+    with pytest.raises(PoolClosed):
+        await asyncio.wait_for(caller, scaled(5))
+    await eventually(lambda: emulator.stats.connections_open == 0, what="closed upstream")
+    assert pool.status().closed_total == {"shutdown": 1}
