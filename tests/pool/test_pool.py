@@ -337,3 +337,27 @@ async def test_a_connection_opened_for_a_caller_as_the_shutdown_begins_is_not_le
         await asyncio.wait_for(caller, scaled(5))
     await eventually(lambda: emulator.stats.connections_open == 0, what="closed upstream")
     assert pool.status().closed_total == {"shutdown": 1}
+
+
+async def test_a_connector_bug_in_a_callers_connect_leaves_the_counts_right(
+    emulator: Emulator,
+) -> None:
+    """An exception outside the upstream's errors reaches the caller; nothing stays 'opening'."""
+    broken = True
+
+    async def connector() -> UpstreamConnection:
+        if broken:
+            raise RuntimeError("a bug in the connector")
+        return await open_connection(emulator.url, TEST_KEY, connect_timeout=scaled(2))
+
+    pool = Pool(connector, PoolPolicy(min_idle=0, max_size=1, acquire_timeout_s=scaled(2)))
+    pool.start()
+    try:
+        with pytest.raises(RuntimeError):
+            await pool.acquire()
+        assert pool.status().opening == 0
+        broken = False
+        borrowed = await pool.acquire()  # the pool has not shrunk for good
+        pool.release(borrowed.connection)
+    finally:
+        await pool.aclose()
