@@ -22,10 +22,12 @@ __all__ = ["Breaker", "TokenBucket", "backoff_delays"]
 def backoff_delays(
     initial: float, maximum: float, rng: random.Random | None = None
 ) -> Iterator[float]:
-    """Yield pauses that double from ``initial`` up to ``maximum``, with full jitter.
+    """Yield jittered pauses whose bound doubles from ``initial`` up to ``maximum``.
 
-    Full jitter (a uniform draw below the exponential bound) spreads the
-    reconnects of many sidecars restarted together instead of aligning them.
+    Each pause is a uniform draw between half the bound and the bound ("equal
+    jitter"): the first lies in [initial / 2, initial]. The jitter spreads the
+    reconnects of many sidecars restarted together instead of aligning them;
+    the half kept keeps a pause from collapsing to nothing.
     """
     rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
     bound = initial

@@ -1,8 +1,8 @@
 """One call: a caller's commands in, one DashScope task on a leased connection, events out.
 
 :meth:`Call.running` leases a connection from the pool and starts the task
-on it (the pool retries once on a fresh socket if a pooled one was dead), then
-runs two pumps until the task ends:
+on it (the pool retries once, skipping idle sockets, if a pooled one was
+dead), then runs two pumps until the task ends:
 
 * the *feeder* reads the caller's commands (text, flush, finish) and sends
   them upstream through a :class:`~sidecar.call._text.TextFeed`;

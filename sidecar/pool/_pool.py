@@ -11,9 +11,9 @@ tasks outside that step, shielded from callers' cancellation, so a caller that
 hangs up never leaves the counts wrong.
 
 :meth:`Pool.lease` is how a call uses the pool: borrow, start the task (once
-more on a fresh socket if a pooled one turns out dead before
-``task-started``), and on exit give the connection back, kept only if its task
-reached ``task-finished``. A task still running when its call ends is stopped
+more, skipping idle sockets and within the same bound, if a pooled one turns
+out dead before ``task-started``), and on exit give the connection back, kept
+only if its task reached ``task-finished``. A task still running when its call ends is stopped
 by closing the socket, the documented way to interrupt a task
 (docs/dashscope-protocol.md §7); the pool opens a replacement as usual.
 
@@ -246,7 +246,7 @@ class Pool:
                 if attempt > 1 or deadline - time.monotonic() <= 0:
                     raise  # the retry's turn, or no time left for one
                 self._stale_retries += 1
-                log.info("%s; retrying once on a fresh connection", exc)
+                log.info("%s; retrying once, skipping idle connections", exc)
             except BaseException as exc:
                 self._give_back(lease, exc)
                 raise

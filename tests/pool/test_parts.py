@@ -165,7 +165,7 @@ def test_a_failed_connect_waits_out_a_backoff_and_a_success_forgets_it() -> None
     gate.failed(UpstreamUnavailable("refused"), now=0.0)
     assert gate.failures == 1
     assert isinstance(gate.last_error, UpstreamUnavailable)
-    assert not gate.may_connect(0.49)  # full jitter: between half the bound and the bound
+    assert not gate.may_connect(0.49)  # equal jitter: between half the bound and the bound
     assert gate.may_connect(1.0)
     gate.failed(UpstreamUnavailable("refused"), now=10.0)
     assert not gate.may_connect(10.99)  # the bound doubled
