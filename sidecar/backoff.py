@@ -64,22 +64,19 @@ class Breaker:
 
     probe_interval: float
     opened_at: float | None = None
-    reason: str = ""
     _next_probe: float = 0.0
 
     @property
     def is_open(self) -> bool:
         return self.opened_at is not None
 
-    def trip(self, now: float, reason: str) -> None:
+    def trip(self, now: float) -> None:
         if self.opened_at is None:
             self.opened_at = now
-        self.reason = reason
         self._next_probe = now + self.probe_interval
 
     def reset(self) -> None:
         self.opened_at = None
-        self.reason = ""
 
     def probe_due(self, now: float) -> bool:
         """Return True when an attempt may go through: always while closed, once per interval

@@ -115,7 +115,7 @@ class ConnectGate:
                     exc,
                     self._policy.auth_probe_interval_s,
                 )
-            self._breaker.trip(now, str(exc))
+            self._breaker.trip(now)
             self.auth_error = exc
         else:
             delay = next(self._backoff)
