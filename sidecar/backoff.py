@@ -22,10 +22,12 @@ __all__ = ["Breaker", "TokenBucket", "backoff_delays"]
 def backoff_delays(
     initial: float, maximum: float, rng: random.Random | None = None
 ) -> Iterator[float]:
-    """Yield pauses that double from ``initial`` up to ``maximum``, with full jitter.
+    """Yield jittered pauses whose bound doubles from ``initial`` up to ``maximum``.
 
-    Full jitter (a uniform draw below the exponential bound) spreads the
-    reconnects of many sidecars restarted together instead of aligning them.
+    Each pause is a uniform draw between half the bound and the bound ("equal
+    jitter"): the first lies in [initial / 2, initial]. The jitter spreads the
+    reconnects of many sidecars restarted together instead of aligning them;
+    the half kept keeps a pause from collapsing to nothing.
     """
     rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
     bound = initial
@@ -62,22 +64,19 @@ class Breaker:
 
     probe_interval: float
     opened_at: float | None = None
-    reason: str = ""
     _next_probe: float = 0.0
 
     @property
     def is_open(self) -> bool:
         return self.opened_at is not None
 
-    def trip(self, now: float, reason: str) -> None:
+    def trip(self, now: float) -> None:
         if self.opened_at is None:
             self.opened_at = now
-        self.reason = reason
         self._next_probe = now + self.probe_interval
 
     def reset(self) -> None:
         self.opened_at = None
-        self.reason = ""
 
     def probe_due(self, now: float) -> bool:
         """Return True when an attempt may go through: always while closed, once per interval

@@ -60,7 +60,6 @@ async def open_connection(
     *,
     connect_timeout: float,
     workspace: str | None = None,
-    user_agent: str = "cosyvoice-sidecar",
 ) -> UpstreamConnection:
     """Open and hand-shake one WebSocket to ``url``.
 
@@ -76,7 +75,7 @@ async def open_connection(
         ws = await connect(
             url,
             additional_headers=headers,
-            user_agent_header=user_agent,
+            user_agent_header="cosyvoice-sidecar",
             # DashScope's SDKs negotiate no extension, and audio does not compress.
             compression=None,
             open_timeout=connect_timeout,

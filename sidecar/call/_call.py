@@ -1,8 +1,8 @@
 """One call: a caller's commands in, one DashScope task on a leased connection, events out.
 
 :meth:`Call.running` leases a connection from the pool and starts the task
-on it (the pool retries once on a fresh socket if a pooled one was dead), then
-runs two pumps until the task ends:
+on it (the pool retries once, skipping idle sockets, if a pooled one was
+dead), then runs two pumps until the task ends:
 
 * the *feeder* reads the caller's commands (text, flush, finish) and sends
   them upstream through a :class:`~sidecar.call._text.TextFeed`;
@@ -358,8 +358,12 @@ class Call:
             if not self._reader_timed_out:
                 raise
             current = asyncio.current_task()
-            if current is not None:
-                current.uncancel()
+            if current is not None and current.uncancel() > 0:
+                # Another cancel (the call stopping the pumps, an abort) came in the
+                # same turn as the deadline's: asyncio delivered one CancelledError
+                # for both. Stop; queuing the timeout now could wait for ever on a
+                # full queue nobody drains any more.
+                raise
             await self.events.put_error(self._deadlines.error())
         except BaseException as exc:  # noqa: BLE001 - the call fails with it, through the writer
             # After what the upstream sent before it failed: no audio byte is lost.

@@ -6,7 +6,8 @@ connects so far. It composes the pure policies of :mod:`sidecar.backoff`:
 
 * every connect takes a token from the bucket (``connect_burst``,
   ``connect_rate``), so a cold start or a mass reconnect never storms;
-* after a failed connect, none until a jittered, doubling backoff has passed;
+* after a failed connect, none until a jittered, doubling backoff has passed,
+  then one at a time until one succeeds (callers too: they fail fast instead);
 * a refused key (HTTP 401/403) opens the breaker: retrying cannot fix it, so
   only one probe per ``auth_probe_interval`` goes through, or one at once
   when the key file changes.
@@ -57,6 +58,20 @@ class ConnectGate:
         """Return True if the backoff after the last failure has passed (key not refused)."""
         return not self._breaker.is_open and now >= self._retry_after
 
+    def caller_may_connect(self, now: float, opening: int) -> bool:
+        """Whether a caller who found no idle socket may open one for itself.
+
+        Yes until a connect fails. After a failure, one attempt at a time:
+        none while the backoff runs, none while another connect is under way.
+        """
+        if self.failures == 0:
+            return True
+        return self.may_connect(now) and opening == 0
+
+    def retry_in(self, now: float) -> float:
+        """Seconds until the backoff after the last failure has passed (0 if it has)."""
+        return max(self._retry_after - now, 0.0)
+
     def probe_due(self, now: float) -> bool:
         """While the key is refused: True once a probe interval has passed since the last."""
         return self._breaker.probe_due(now)
@@ -100,7 +115,7 @@ class ConnectGate:
                     exc,
                     self._policy.auth_probe_interval_s,
                 )
-            self._breaker.trip(now, str(exc))
+            self._breaker.trip(now)
             self.auth_error = exc
         else:
             delay = next(self._backoff)

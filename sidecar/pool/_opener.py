@@ -89,6 +89,10 @@ class Opener:
             self.opening -= 1
             self._failed(exc, None)
             raise
+        except BaseException:
+            # A bug (in the connector, the telemetry): the caller gets it, the count stays right.
+            self.opening -= 1
+            raise
         self.opening -= 1
         return connection
 
@@ -102,6 +106,8 @@ class Opener:
             self._failed(exc, None)
         elif exc is None:
             self._opened(connect.result(), None)
+        else:  # a bug no caller is left to see
+            log.error("a connect its caller gave up on failed", exc_info=exc)
 
     async def _in_background(self, reason: str, replaces: UpstreamConnection | None) -> None:
         try:

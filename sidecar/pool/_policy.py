@@ -66,8 +66,8 @@ class PoolPolicy:
     )
     backoff_max_s: float = _setting(
         10.0,
-        "longest pause between failed upstream connects (they back off from 0.2 s, doubling, "
-        "with full jitter)",
+        "longest pause between failed upstream connects (the first is 0.1-0.2 s, the bound "
+        "doubles after each failure, and each pause is drawn between half the bound and it)",
     )
     # Not options: the shape of the backoff and of the maintenance loop.
     age_jitter: float = 0.2

@@ -11,9 +11,9 @@ tasks outside that step, shielded from callers' cancellation, so a caller that
 hangs up never leaves the counts wrong.
 
 :meth:`Pool.lease` is how a call uses the pool: borrow, start the task (once
-more on a fresh socket if a pooled one turns out dead before
-``task-started``), and on exit give the connection back, kept only if its task
-reached ``task-finished``. A task still running when its call ends is stopped
+more, skipping idle sockets and within the same bound, if a pooled one turns
+out dead before ``task-started``), and on exit give the connection back, kept
+only if its task reached ``task-finished``. A task still running when its call ends is stopped
 by closing the socket, the documented way to interrupt a task
 (docs/dashscope-protocol.md §7); the pool opens a replacement as usual.
 
@@ -185,8 +185,10 @@ class Pool:
             task.cancel()
         while (connection := self._idle.pop_newest()) is not None:
             self._close(connection, "shutdown")
-        for connection in list(self._busy):
-            # Calls still running get a transport error, which is the truth.
+        busy, self._busy = self._busy, {}
+        for connection in busy:
+            # Calls still running get a transport error, which is the truth. The
+            # connection is no longer the pool's: its return (release) is a no-op.
             self._close(connection, "shutdown")
         pending = self._closing | self._opener.tasks
         if pending:
@@ -203,9 +205,13 @@ class Pool:
 
         A pooled socket can die unseen (a silent drop, a close racing the
         borrow). If ``begin`` fails with :class:`UpstreamUnavailable`, nothing
-        reached the caller yet, so the borrow is retried once on a freshly
-        opened socket (counted in ``stale_retries``); any later failure is the
-        call's, never retried (audio may have gone out). On exit a task that
+        reached the caller yet, so the borrow is retried once (counted in
+        ``stale_retries``), skipping the idle sockets, which may be as dead: on
+        a connection opened for it, or, when the pool is full, on the first one
+        another call gives back. The whole borrow, retry included, keeps to
+        one bound (``timeout``, at most ``acquire_timeout_s``); with none of it
+        left, the first failure is raised. Any later failure is the call's,
+        never retried (audio may have gone out). On exit a task that
         has not ended is stopped by closing its socket, and the connection
         goes back through :meth:`release`. Raises what :meth:`acquire` and
         ``begin`` raise.
@@ -221,11 +227,11 @@ class Pool:
             self._give_back(lease, error)
 
     async def _begin_on_lease(self, timeout: float | None, begin: Begin) -> Lease:
-        bound = self._bound(timeout)
-        deadline = time.monotonic() + bound
+        # One bound for the whole borrow: the retry gets what is left of it.
+        deadline = time.monotonic() + self._bound(timeout)
         for attempt in (1, 2):
             with self._telemetry.borrow(self.status) as borrow:
-                lease = await self.acquire(timeout, fresh=attempt > 1)
+                lease = await self.acquire(deadline - time.monotonic(), fresh=attempt > 1)
                 borrow.borrowed(
                     connection_id=lease.connection.id, warm=lease.warm, wait_ms=lease.wait_ms
                 )
@@ -237,10 +243,10 @@ class Pool:
                 lease.task = await begin(lease)
             except UpstreamUnavailable as exc:
                 self._give_back(lease, exc)
-                if attempt > 1:
-                    raise
+                if attempt > 1 or deadline - time.monotonic() <= 0:
+                    raise  # the retry's turn, or no time left for one
                 self._stale_retries += 1
-                log.info("%s; retrying once on a fresh connection", exc)
+                log.info("%s; retrying once, skipping idle connections", exc)
             except BaseException as exc:
                 self._give_back(lease, exc)
                 raise
@@ -285,8 +291,11 @@ class Pool:
         ``timeout`` is capped by ``acquire_timeout_s``; ``fresh`` skips idle
         sockets (a retry after a stale one). Raises :class:`PoolExhausted` when
         none frees up in time, :class:`PoolClosed` during shutdown,
-        :class:`UpstreamAuthError` while the key is refused, and the
-        upstream's error when a connection opened for this call fails.
+        :class:`UpstreamAuthError` while the key is refused,
+        :class:`UpstreamUnavailable` when it would have to connect while the
+        upstream is unreachable (after a failed connect: during the backoff, or
+        while another attempt is under way), and the upstream's error when a
+        connection opened for this call fails.
         """
         if self._closed:
             raise PoolClosed("the sidecar is shutting down")
@@ -298,8 +307,12 @@ class Pool:
         if connection is not None:
             return self._lend(connection, warm=True, started=started)
         if self._total() < self.policy.max_size:
+            self._check_reachable()
             connection = await self._opener.for_caller(bound)
             self._note_success()
+            if self._closed:  # the shutdown began during the connect
+                self._close(connection, "shutdown")
+                raise PoolClosed("the sidecar is shutting down")
             return self._lend(connection, warm=False, started=started)
         try:
             connection = await self._waiters.wait(bound, give_back=self.release)
@@ -308,9 +321,31 @@ class Pool:
                 f"all {self.policy.max_size} upstream connections stayed busy for {bound:g}s",
                 retry_after_s=1.0,
             ) from exc
-        lease = self._busy[connection]
+        lease = self._busy.get(connection)
+        if lease is None:  # handed over, then the shutdown closed it before this resumed
+            raise PoolClosed("the sidecar is shutting down")
         lease.wait_ms = (time.monotonic() - started) * 1000
         return lease
+
+    def _check_reachable(self) -> None:
+        """Raise :class:`UpstreamUnavailable` if the caller may not connect for itself now.
+
+        After a failed connect, a caller adds no handshake to the one attempt
+        at a time the gate allows (a storm would only advance the backoff):
+        it fails at once, UNAVAILABLE, which callers retry.
+        """
+        now = time.monotonic()
+        gate = self._gate
+        if gate.caller_may_connect(now, self._opener.opening):
+            return
+        retry_in = gate.retry_in(now)
+        next_attempt = (
+            f"the next attempt in {retry_in:.1f}s" if retry_in > 0 else "an attempt is under way"
+        )
+        raise UpstreamUnavailable(
+            f"the upstream is unreachable (the last connect failed: {gate.last_error}); "
+            f"{next_attempt}"
+        ) from gate.last_error
 
     def _bound(self, timeout: float | None) -> float:
         """How long a call may wait for capacity: its own time left, at most acquire_timeout_s."""
@@ -321,7 +356,9 @@ class Pool:
         """Return a borrowed connection: to the next waiter or idle if reusable, else close it."""
         if self._busy.pop(connection, None) is None:
             return
-        if self._closed or not connection.reusable:
+        if self._closed:
+            self._close(connection, "shutdown")  # lent while the shutdown began
+        elif not connection.reusable:
             self._close(connection, "failed")
         else:
             self._make_idle(connection)

@@ -105,7 +105,8 @@ class Telemetry:
             n.METRIC_STALE_RETRIES,
             [self._observe_stale_retries],
             "{call}",
-            "Calls retried on a fresh connection after a pooled one failed before task-started.",
+            "Calls retried once, skipping idle connections, after a pooled one failed before "
+            "task-started.",
         )
         meter.create_observable_gauge(
             n.METRIC_READY,

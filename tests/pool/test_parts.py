@@ -165,7 +165,7 @@ def test_a_failed_connect_waits_out_a_backoff_and_a_success_forgets_it() -> None
     gate.failed(UpstreamUnavailable("refused"), now=0.0)
     assert gate.failures == 1
     assert isinstance(gate.last_error, UpstreamUnavailable)
-    assert not gate.may_connect(0.49)  # full jitter: between half the bound and the bound
+    assert not gate.may_connect(0.49)  # equal jitter: between half the bound and the bound
     assert gate.may_connect(1.0)
     gate.failed(UpstreamUnavailable("refused"), now=10.0)
     assert not gate.may_connect(10.99)  # the bound doubled
@@ -213,3 +213,17 @@ def test_the_backoff_ceiling_is_a_serve_option() -> None:
     for attempt in range(8):
         gate.failed(UpstreamUnavailable("refused"), now=attempt * 10.0)
         assert gate.may_connect(attempt * 10.0 + 1.5)
+
+
+def test_after_a_failure_a_caller_connects_only_when_no_attempt_is_due_or_under_way() -> None:
+    """Callers too make one attempt at a time while the upstream is unreachable."""
+    gate = _gate(backoff_initial_s=1.0, backoff_max_s=8.0)
+    assert gate.caller_may_connect(0.0, opening=3)  # no failure yet: connect as needed
+    gate.failed(UpstreamUnavailable("refused"), now=0.0)
+    assert not gate.caller_may_connect(0.2, opening=0)  # the backoff runs
+    assert gate.retry_in(0.2) > 0.3
+    assert not gate.caller_may_connect(1.0, opening=1)  # passed, but an attempt is under way
+    assert gate.caller_may_connect(1.0, opening=0)
+    assert gate.retry_in(1.0) == 0.0
+    gate.succeeded()
+    assert gate.caller_may_connect(1.0, opening=5)
