@@ -17,6 +17,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from sidecar.emulator import Emulator
 from sidecar.fleet import FleetSettings
+from sidecar.server import SidecarServer
 from sidecar.telemetry import JsonFormatter, TraceContextFilter
 from tests.fleet.redis_server import RedisServer
 from tests.helpers import assert_pool_settles, eventually, require_executable, task_record
@@ -256,16 +257,14 @@ async def test_cancelled_stream_span_tree(
     assert point_value(tasks, **cancelled) == 1
 
 
-async def test_pool_exhausted_call_has_only_a_failed_borrow(
-    start_traced: StartTraced, otel: Otel, emulator: Emulator
-) -> None:
-    """Every connection busy past the bound: RESOURCE_EXHAUSTED, a borrow span saying so,
-    no synthesis and no return in that trace."""
-    server = await start_traced(pool_min_idle=1, pool_max_size=1, acquire_timeout_s=scaled(0.3))
-    holder_trace = "11111111111111111111111111111111"
+async def _refused_beside_a_holder(
+    server: SidecarServer, holder_trace: str
+) -> grpc.aio.AioRpcError:
+    """A stream (traced as ``holder_trace``) holds the only capacity while a Synthesize call
+    (traced as TRACE_ID) fails; the holder then completes. Returns the call's error."""
     async with AsyncSynthesizerClient(server.address, retry=False) as client:
         holder = await client.open_stream(metadata=traceparent(holder_trace))
-        await holder.send_text("Holding the only connection.")
+        await holder.send_text("Holding the only capacity.")
         held = aiter(holder)
         assert (await anext(held)).WhichOneof("response") == "started"
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -273,7 +272,18 @@ async def test_pool_exhausted_call_has_only_a_failed_borrow(
         await holder.finish()
         async for _ in held:
             pass
-    assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    return info.value
+
+
+async def test_pool_exhausted_call_has_only_a_failed_borrow(
+    start_traced: StartTraced, otel: Otel, emulator: Emulator
+) -> None:
+    """Every connection busy past the bound: RESOURCE_EXHAUSTED, a borrow span saying so,
+    no synthesis and no return in that trace."""
+    server = await start_traced(pool_min_idle=1, pool_max_size=1, acquire_timeout_s=scaled(0.3))
+    holder_trace = "11111111111111111111111111111111"
+    refused = await _refused_beside_a_holder(server, holder_trace)
+    assert refused.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     spans = await call_spans(otel, UNARY)
     rpc = only([s for s in spans if s.name == UNARY])
     assert attrs(rpc)["rpc.response.status_code"] == "RESOURCE_EXHAUSTED"
@@ -307,17 +317,8 @@ async def test_a_fleet_quota_timeout_is_an_exhausted_borrow(
         fleet = FleetSettings(redis_url=redis.url, quota=1, key="telemetry")
         server = await start_traced(fleet=fleet, acquire_timeout_s=scaled(0.3))
         holder_trace = "22222222222222222222222222222222"
-        async with AsyncSynthesizerClient(server.address, retry=False) as client:
-            holder = await client.open_stream(metadata=traceparent(holder_trace))
-            await holder.send_text("Holding the only fleet slot.")
-            held = aiter(holder)
-            assert (await anext(held)).WhichOneof("response") == "started"
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await client.synthesize("Hello.", metadata=traceparent())
-            await holder.finish()
-            async for _ in held:
-                pass
-        assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        refused = await _refused_beside_a_holder(server, holder_trace)
+        assert refused.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         await call_spans(otel, UNARY)
         borrow = attrs(only(in_trace(otel, TRACE_ID, "borrow")))
         assert borrow["cosyvoice.borrow.result"] == "exhausted"
