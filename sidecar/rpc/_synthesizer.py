@@ -123,7 +123,10 @@ class SynthesizerServicer(pb_grpc.SynthesizerServicer):
         first: pb.StreamingSynthesizeRequest | None = None
         silent = False
         undecodable: InvalidRequest | None = None
-        full = self._full()
+        # Only a flood of silent streams is refused before its first message: an ordinary
+        # refusal waits for the config, so the caller's first write does not race it (the
+        # grpcio asyncio client turns that race into INTERNAL, grpc/grpc#36066).
+        full = self._opening >= self._config.max_streams
         if not full:
             self._opening += 1
             try:
