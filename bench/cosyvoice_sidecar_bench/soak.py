@@ -55,6 +55,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from cosyvoice_sidecar_bench.procs import Child, ChildError, EmulatorClient
+from cosyvoice_sidecar_bench.worker import WRITE_RACE, WRITE_RACE_DETAILS
 from cosyvoice_sidecar_bench.workload import split_fragments
 from sidecar.emulator.audio import AudioSpec, task_audio
 from sidecar.emulator.knobs import EmulatorKnobs
@@ -88,14 +89,11 @@ API_KEY: Final = "sk-soak-local"  # the emulator accepts any key; never a real o
 _VERIFY_BATCH: Final = 200
 # Statuses a caller may see in this run: anything else is a bug.
 _EXPECTED_CODES: Final = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED"})
-# grpcio's asyncio client reports INTERNAL, with this message and no details,
-# when a request it writes meets the end of the call (the server's status is
-# lost; grpc/grpc#36066). The sidecar's own access lines say what it answered.
-_WRITE_RACE: Final = "Internal error from Core"
+# grpcio's write race (see worker.WRITE_RACE): the sidecar's own access lines say
+# what it answered.
 # Throttling comes in episodes, as a quota running out does: at the start of
 # every period, for throttle_share of it, every run-task is refused.
 _THROTTLE_PERIOD_S: Final = 2.0
-WRITE_RACE: Final = "grpcio-client-write-race"
 
 
 @dataclass(frozen=True)
@@ -335,7 +333,7 @@ async def _run_call(stub: pb_grpc.SynthesizerStub, call: Call) -> None:
         else:
             call.status, call.reason, call.retry_after_s = exc.code().name, *_details(exc)
             call.details = (exc.details() or "")[:200]
-            if call.status == "INTERNAL" and not call.reason and call.details == _WRITE_RACE:
+            if call.status == "INTERNAL" and not call.reason and call.details == WRITE_RACE_DETAILS:
                 call.reason = WRITE_RACE
     except asyncio.CancelledError:
         if not cancelled:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from cosyvoice_sidecar_bench.loadgen import Loadgen, prepare
 from cosyvoice_sidecar_bench.procs import Child, EmulatorClient
-from cosyvoice_sidecar_bench.worker import WorkerSpec
+from cosyvoice_sidecar_bench.worker import WRITE_RACE, WorkerSpec
 from cosyvoice_sidecar_bench.workload import DEFAULT_TEXT, Workload
 
 from tests.processes import Process
@@ -197,7 +197,10 @@ async def test_refusals_are_counted_by_kind_and_retried_after_their_hint(
             _, result = await _run(loadgen, spec, tmp_path)
             refused = result["error_kinds"].get("RESOURCE_EXHAUSTED TooManyStreams", 0)
             assert refused >= 2, (loadgen.name, result["error_kinds"])
-            assert set(result["error_kinds"]) == {"RESOURCE_EXHAUSTED TooManyStreams"}
+            kinds = {"RESOURCE_EXHAUSTED TooManyStreams"}
+            if loadgen.name == "python":  # grpcio's asyncio client may lose the status
+                kinds.add(f"INTERNAL {WRITE_RACE}")
+            assert set(result["error_kinds"]) <= kinds, (loadgen.name, result["error_kinds"])
             # Each refused stream waits 0.5 s before its next try: in the 1 s window,
             # at most 3 tries of each of the 3 streams (without the wait: hundreds).
             assert refused <= 3 * 3, (loadgen.name, refused)
