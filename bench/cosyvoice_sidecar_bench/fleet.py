@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import tempfile
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -84,12 +83,9 @@ class _Context:
 async def run_fleet(settings: BenchSettings, plan: FleetPlan, progress: Progress) -> dict[str, Any]:
     """Run both cases ``settings.repeats`` times, interleaved; return the JSON-ready report."""
     started = time.time()
-    log_dir = settings.log_dir or Path(tempfile.mkdtemp(prefix="cosyvoice-bench-fleet-"))
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = settings.run_log_dir("cosyvoice-bench-fleet-")
     described = machine.describe()
-    if settings.loadgen == "go":
-        progress("building the Go load generator (go build ./cmd/loadgen in clients/go)")
-    loadgen = await prepare(settings.loadgen, log_dir)
+    loadgen = await prepare(settings.loadgen, log_dir, progress)
     runs: list[dict[str, Any]] = []
     failed = True
     async with RedisServer(log_path=log_dir / "redis-server.log") as redis:

@@ -22,6 +22,7 @@ import asyncio
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -73,11 +74,16 @@ def unavailable(name: str) -> str | None:
     return None
 
 
-async def prepare(name: str, directory: Path) -> Loadgen:
-    """Return load generator ``name``; the Go one is built into ``directory`` first."""
+async def prepare(
+    name: str, directory: Path, progress: Callable[[str], None] | None = None
+) -> Loadgen:
+    """Return load generator ``name``; the Go one is built into ``directory`` first
+    (said to ``progress``: it takes seconds)."""
     problem = unavailable(name)
     if problem:
         raise LoadgenError(problem)
+    if name == "go" and progress is not None:
+        progress("building the Go load generator (go build ./cmd/loadgen in clients/go)")
     if name == "python":
         try:
             grpcio = metadata.version("grpcio")

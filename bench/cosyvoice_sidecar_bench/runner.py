@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,8 +91,7 @@ def schedule(settings: BenchSettings) -> Iterator[tuple[int, int, tuple[str, ...
 async def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, Any]:
     """Run the whole bench; return the JSON-ready report (rows, runs, warm-up, machine)."""
     started = time.time()
-    log_dir = settings.log_dir or Path(tempfile.mkdtemp(prefix="cosyvoice-bench-"))
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = settings.run_log_dir("cosyvoice-bench-")
     if settings.profile_dir is not None:
         settings.profile_dir.mkdir(parents=True, exist_ok=True)
     machine_before = machine.describe()
@@ -200,10 +198,8 @@ async def _prepare_loadgen(
     """Build (go) or pick (python) the load generator, if a mode needs one."""
     if not LOADGEN_MODES.intersection(settings.modes):
         return None
-    if settings.loadgen == "go":
-        progress("building the Go load generator (go build ./cmd/loadgen in clients/go)")
     try:
-        return await prepare(settings.loadgen, log_dir)
+        return await prepare(settings.loadgen, log_dir, progress)
     except LoadgenError:
         if settings.log_dir is None:
             shutil.rmtree(log_dir, ignore_errors=True)

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
 import time
-from pathlib import Path
 from typing import Any, Final
 
 from cosyvoice_sidecar_bench import machine
@@ -52,12 +50,9 @@ def open_text(text: str) -> str:
 async def run_sequential(settings: BenchSettings, calls: int, progress: Progress) -> dict[str, Any]:
     """Run ``calls`` calls each way, alternating; return the JSON-ready report."""
     started = time.time()
-    log_dir = settings.log_dir or Path(tempfile.mkdtemp(prefix="cosyvoice-bench-seq-"))
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = settings.run_log_dir("cosyvoice-bench-seq-")
     described = machine.describe()
-    if settings.loadgen == "go":
-        progress("building the Go load generator (go build ./cmd/loadgen in clients/go)")
-    loadgen = await prepare(settings.loadgen, log_dir)
+    loadgen = await prepare(settings.loadgen, log_dir, progress)
     emulator = Child("emulator", emulator_args(settings), log_dir=log_dir)
     sidecar: Child | None = None
     failed = True

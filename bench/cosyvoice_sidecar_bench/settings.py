@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,13 @@ class BenchSettings:
         for pair in (*self.sidecar_env, *self.b_sidecar_env, *self.knobs):
             if "=" not in pair:
                 raise ValueError(f"expected NAME=VALUE, not {pair!r}")
+
+    def run_log_dir(self, prefix: str) -> Path:
+        """The run's log directory, created: ``log_dir`` if given, else a fresh temporary one
+        named ``prefix``..."""
+        log_dir = self.log_dir or Path(tempfile.mkdtemp(prefix=prefix))
+        log_dir.mkdir(parents=True, exist_ok=True)
+        return log_dir
 
     def to_dict(self) -> dict[str, Any]:
         data = dict(self.__dict__)
